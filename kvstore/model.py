@@ -1,0 +1,121 @@
+"""Records the store keeps, and the errors it raises. Values are stored as versioned JSON (``"v": 1``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+GATEWAY_OWNER = "gateway"
+
+
+class StoreError(Exception):
+    """Base of every error a store raises."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """The request contradicts what the store holds (overlapping pool, address taken, …)."""
+
+
+class Exhausted(StoreError):
+    """No free pool, address or VNI is left."""
+
+
+class StoreUnavailable(StoreError):
+    """The backing store could not be reached; nothing was written (or a retry is idempotent)."""
+
+
+class Compacted(StoreError):
+    """The requested watch revision was compacted away: re-list with snapshot()."""
+
+
+def _record(cls, data: dict[str, Any]):
+    names = cls.__dataclass_fields__.keys()
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Pool:
+    """An IPv4 pool. ``pool_id`` is the subnet in CIDR form: the same subnet gives the same PoolID on every host."""
+
+    pool_id: str
+    subnet: str
+    ip_range: str | None = None  # dynamic allocations come from here when set (docker --ip-range)
+    holders: tuple[str, ...] = ()  # host ids that requested the pool and have not released it
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": SCHEMA_VERSION, **asdict(self), "holders": list(self.holders)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Pool:
+        return _record(cls, {**data, "holders": tuple(data.get("holders", ()))})
+
+
+@dataclass(frozen=True)
+class Network:
+    """A cluster network: the same on every host. Hosts bind their own Docker NetworkID to it."""
+
+    network_id: str  # cluster id: the Docker NetworkID on the host that created it first
+    vni: int
+    subnet: str | None = None  # None only for networks on Docker's default IPAM (single host)
+    pool_id: str | None = None  # set when the pyoverlay IPAM driver owns the addresses
+    gateway: str | None = None
+    ip_range: str | None = None
+    name: str = ""  # learned from the creating host's daemon after creation
+    mtu: int | None = None  # from com.docker.network.driver.mtu
+    options: dict[str, str] = field(default_factory=dict)  # generic driver options as given
+    created_by: str = ""  # host id
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Network:
+        return _record(cls, data)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    endpoint_id: str  # Docker EndpointID (globally unique)
+    network_id: str  # cluster network id
+    host_id: str
+    vtep: str  # underlay address of the host's VXLAN device
+    mac: str
+    address: str | None = None  # IPv4 in CIDR form (10.0.0.5/24)
+    container_name: str = ""  # learned from the local daemon after Join
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Endpoint:
+        return _record(cls, data)
+
+
+@dataclass(frozen=True)
+class Host:
+    host_id: str
+    address: str  # underlay (VTEP) address
+    hostname: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Host:
+        return _record(cls, data)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A change seen by a watch. ``kind`` is "network" or "endpoint"; ``record`` is None on delete."""
+
+    kind: str
+    action: str  # "put" | "delete"
+    key_id: str  # network_id or endpoint_id
+    record: Network | Endpoint | None
+    revision: int
