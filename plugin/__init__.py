@@ -1,0 +1,1 @@
+"""pyoverlay's agent: Docker's NetworkDriver and IpamDriver protocols over a unix socket."""

@@ -1,0 +1,96 @@
+"""Wiring of one host's agent: store, dataplane, services, the reconciler and the Docker-side sync."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from pathlib import Path
+
+from driver import Dataplane
+from driver.underlay import default_route_address, mtu_for_address
+from kvstore import Host, Network, Store, StoreError, open_store
+
+from .reconciler import Reconciler
+from .services.ipam import IpamService
+from .services.network import NetworkService
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+HOST_TTL = 30  # seconds a host stays "alive" in the store without a refresh
+
+
+def load_host_id(state_dir: str) -> str:
+    """This host's identity across restarts: a random id kept in the state directory."""
+    path = Path(state_dir) / "host-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        host_id = uuid.uuid4().hex[:16]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(host_id + "\n")
+        os.replace(tmp, path)
+        return host_id
+
+
+class Agent:
+    def __init__(self, settings: Settings, store: Store | None = None, dataplane: Dataplane | None = None):
+        self.settings = settings
+        self.host_id = load_host_id(settings.state_dir)
+        self.vtep = settings.advertise_addr or default_route_address()
+        self.underlay_mtu = mtu_for_address(self.vtep)
+        self.store = store or open_store(
+            list(settings.etcd_endpoints),
+            settings.state_dir,
+            ca_cert=settings.etcd_ca_cert or None,
+            cert_cert=settings.etcd_cert or None,
+            cert_key=settings.etcd_key or None,
+        )
+        self.dataplane = dataplane or Dataplane()
+        self.network = NetworkService(
+            store=self.store,
+            dataplane=self.dataplane,
+            host_id=self.host_id,
+            vtep=self.vtep,
+            underlay_mtu=self.underlay_mtu,
+            vxlan_port=settings.vxlan_port,
+            embedded=settings.embedded,
+        )
+        self.ipam = IpamService(self.store, self.host_id, settings.default_pool, settings.default_pool_size)
+        self.reconciler = Reconciler(self.store, self.dataplane, self.host_id, ensure_devices=self._ensure_devices)
+        self.network.on_change = self.reconciler.kick
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _ensure_devices(self, network: Network) -> None:
+        self.dataplane.ensure_network(
+            network.vni, self.network.mtu_for(network), self.vtep, self.settings.vxlan_port
+        )
+
+    def start(self) -> None:
+        """Start the background loops (in the serving process, after any fork)."""
+        log.info("agent %s on %s (underlay MTU %d), store %s", self.host_id, self.vtep, self.underlay_mtu,
+                 "etcd " + ",".join(self.settings.etcd_endpoints) if self.settings.etcd_endpoints else "embedded")
+        for name, target in (("reconciler", self.reconciler.run), ("heartbeat", self._heartbeat)):
+            thread = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        host = Host(host_id=self.host_id, address=self.vtep, hostname=socket.gethostname())
+        while not stop.is_set():
+            try:
+                self.store.register_host(host, ttl=HOST_TTL)
+            except StoreError as exc:
+                log.warning("cannot register host: %s", exc)
+            stop.wait(HOST_TTL / 3)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self.store.close()

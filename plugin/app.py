@@ -1,0 +1,119 @@
+"""The HTTP layer: Docker's remote NetworkDriver and IpamDriver protocols. Each route parses a typed request,
+calls a service and answers; errors take one path (``_answer_error``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from driver import DataplaneError
+from kvstore import Compacted, Conflict, Exhausted, NotFound, StoreError, StoreUnavailable
+
+from . import messages as m
+from .errors import BadRequest, ConflictError, KernelError, PluginError, StoreDown, UnknownObject
+from .services.ipam import IpamService
+from .services.network import NetworkService
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
+
+
+def _answer(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, content_type=CONTENT_TYPE)
+
+
+def _body() -> dict[str, Any]:
+    # Docker sends no Content-Type, and an empty body for argument-less calls
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    data = request.get_json(force=True, silent=True)
+    if data is None:
+        raise BadRequest("request body is not valid JSON")
+    if not isinstance(data, dict):
+        raise BadRequest(f"request body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _as_plugin_error(exc: Exception) -> PluginError:
+    if isinstance(exc, PluginError):
+        return exc
+    if isinstance(exc, NotFound):
+        return UnknownObject(str(exc))
+    if isinstance(exc, Conflict | Exhausted):
+        return ConflictError(str(exc))
+    if isinstance(exc, StoreUnavailable | Compacted):
+        return StoreDown(str(exc))
+    if isinstance(exc, StoreError):
+        return BadRequest(str(exc))
+    if isinstance(exc, DataplaneError):
+        return KernelError(f"kernel: {exc}")
+    return PluginError(f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _answer_error(exc: Exception) -> Response | HTTPException:
+    if isinstance(exc, HTTPException):
+        return exc  # unknown path: 404 tells Docker the call is not implemented
+    error = _as_plugin_error(exc)
+    path = request.path
+    if error.status >= 500 and not isinstance(error, StoreDown):
+        log.exception("%s failed", path)
+    else:
+        log.warning("%s refused: %s", path, error)
+    message = str(error) or type(error).__name__
+    if path.startswith("/IpamDriver."):
+        # "Error" is the IPAM protocol's field; Docker's plugin client reads "Err" from any non-200 body
+        return _answer({"Error": message, "Err": message}, error.status)
+    return _answer({"Err": message}, error.status)
+
+
+def create_app(network: NetworkService, ipam: IpamService) -> Flask:
+    """The Flask app for one agent; no global state."""
+    app = Flask("pyoverlay")
+    app.register_error_handler(Exception, _answer_error)
+
+    def route(path: str, call: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+        def view() -> Response:
+            return _answer(call(_body()) or {})
+
+        app.add_url_rule(path, endpoint=path, view_func=view, methods=["POST"])
+
+    route("/Plugin.Activate", lambda b: {"Implements": ["NetworkDriver", "IpamDriver"]})
+
+    # NetworkDriver
+    route("/NetworkDriver.GetCapabilities", lambda b: network.capabilities())
+    route("/NetworkDriver.CreateNetwork", lambda b: network.create_network(m.CreateNetworkRequest.parse(b)))
+    route("/NetworkDriver.DeleteNetwork", lambda b: network.delete_network(m.NetworkRequest.parse(b).network_id))
+    route("/NetworkDriver.CreateEndpoint", lambda b: network.create_endpoint(m.CreateEndpointRequest.parse(b)))
+    route("/NetworkDriver.DeleteEndpoint", lambda b: network.delete_endpoint(m.EndpointRequest.parse(b)))
+    route("/NetworkDriver.EndpointOperInfo", lambda b: network.oper_info(m.EndpointRequest.parse(b)))
+    route("/NetworkDriver.Join", lambda b: network.join(m.EndpointRequest.parse(b)))
+    route("/NetworkDriver.Leave", lambda b: _validated(m.EndpointRequest.parse(b)))
+    route("/NetworkDriver.DiscoverNew", lambda b: {})
+    route("/NetworkDriver.DiscoverDelete", lambda b: {})
+    # Port publishing comes from docker_gwbridge (Join gives no gateway), so nothing to program here.
+    route("/NetworkDriver.ProgramExternalConnectivity", lambda b: _validated(m.EndpointRequest.parse(b)))
+    route("/NetworkDriver.RevokeExternalConnectivity", lambda b: _validated(m.EndpointRequest.parse(b)))
+    # Swarm-only calls: pyoverlay keeps its own cluster state, so there is nothing to allocate.
+    route("/NetworkDriver.AllocateNetwork", lambda b: _validated(m.NetworkRequest.parse(b), {"Options": {}}))
+    route("/NetworkDriver.FreeNetwork", lambda b: _validated(m.NetworkRequest.parse(b)))
+
+    # IpamDriver
+    route("/IpamDriver.GetCapabilities", lambda b: ipam.capabilities())
+    route("/IpamDriver.GetDefaultAddressSpaces", lambda b: ipam.default_address_spaces())
+    route("/IpamDriver.RequestPool", lambda b: ipam.request_pool(m.RequestPoolRequest.parse(b)))
+    route("/IpamDriver.ReleasePool", lambda b: ipam.release_pool(m.PoolRequest.parse(b).pool_id))
+    route("/IpamDriver.RequestAddress", lambda b: ipam.request_address(m.RequestAddressRequest.parse(b)))
+    route("/IpamDriver.ReleaseAddress", lambda b: ipam.release_address(m.ReleaseAddressRequest.parse(b)))
+    return app
+
+
+def _validated(_request: object, answer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """For calls with nothing to do: the request is still parsed, so garbage is refused."""
+    return answer or {}

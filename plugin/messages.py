@@ -1,0 +1,243 @@
+"""One dataclass per request of Docker's remote NetworkDriver and IpamDriver protocols, parsed and validated
+here so that services only ever see typed values (field names follow libnetwork's drivers/remote/api)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import BadRequest
+
+GENERIC_OPTIONS = "com.docker.network.generic"
+MTU_OPTION = "com.docker.network.driver.mtu"
+MAC_OPTION = "com.docker.network.endpoint.macaddress"
+REQUEST_TYPE_OPTION = "RequestAddressType"
+GATEWAY_TYPE = "com.docker.network.gateway"
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_ID = re.compile(r"^[0-9A-Za-z_.-]{1,128}$")
+
+T = TypeVar("T")
+
+
+def _get(body: dict[str, Any], key: str, kind: type[T], default: T | None = None, required: bool = False) -> T:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise BadRequest(f"missing field {key!r}")
+        return default  # type: ignore[return-value]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadRequest(f"field {key!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _ident(body: dict[str, Any], key: str) -> str:
+    value = _get(body, key, str, required=True)
+    if not _ID.match(value):
+        raise BadRequest(f"field {key!r} is not a valid ID: {value!r}")
+    return value
+
+
+def _str_map(value: Any, what: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be an object, got {type(value).__name__}")
+    return {str(k): v if isinstance(v, str) else str(v) for k, v in value.items()}
+
+
+def parse_mac(value: str, what: str = "MAC address") -> str:
+    mac = value.strip().lower()
+    if not _MAC.match(mac):
+        raise BadRequest(f"{what} {value!r} is not a MAC address")
+    return mac
+
+
+def parse_interface_cidr(value: str, what: str) -> ipaddress.IPv4Interface:
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError:
+        raise BadRequest(f"{what} {value!r} is not an address in CIDR form") from None
+    if iface.version != 4:
+        raise BadRequest(f"{what} {value!r}: pyoverlay supports IPv4 only")
+    return iface  # type: ignore[return-value]
+
+
+# -- NetworkDriver ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IPv4Data:
+    address_space: str
+    pool: str  # subnet, CIDR
+    gateway: str | None  # CIDR ("10.0.0.1/24") as Docker sends it
+    aux_addresses: dict[str, str]
+
+
+@dataclass(frozen=True)
+class CreateNetworkRequest:
+    network_id: str
+    ipv4: list[IPv4Data]
+    ipv6_requested: bool
+    generic: dict[str, str]  # -o key=value options
+    mtu: int | None
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> CreateNetworkRequest:
+        options = _get(body, "Options", dict, {})
+        generic = _str_map(options.get(GENERIC_OPTIONS), "Options." + GENERIC_OPTIONS)
+        mtu = None
+        if MTU_OPTION in generic:
+            try:
+                mtu = int(generic[MTU_OPTION])
+            except ValueError:
+                raise BadRequest(f"option {MTU_OPTION} must be an integer, got {generic[MTU_OPTION]!r}") from None
+            if not 68 <= mtu <= 65535:
+                raise BadRequest(f"option {MTU_OPTION}={mtu} is outside 68..65535")
+        ipv4 = []
+        for item in _get(body, "IPv4Data", list, []):
+            if not isinstance(item, dict):
+                raise BadRequest("IPv4Data entries must be objects")
+            pool = _get(item, "Pool", str, required=True)
+            try:
+                ipaddress.IPv4Network(pool)
+            except ValueError:
+                raise BadRequest(f"IPv4Data.Pool {pool!r} is not an IPv4 subnet") from None
+            gateway = _get(item, "Gateway", str) or None
+            if gateway:
+                parse_interface_cidr(gateway, "IPv4Data.Gateway")
+            ipv4.append(
+                IPv4Data(
+                    address_space=_get(item, "AddressSpace", str, ""),
+                    pool=pool,
+                    gateway=gateway,
+                    aux_addresses=_str_map(item.get("AuxAddresses"), "IPv4Data.AuxAddresses"),
+                )
+            )
+        ipv6 = _get(body, "IPv6Data", list, [])
+        return cls(
+            network_id=_ident(body, "NetworkID"),
+            ipv4=ipv4,
+            ipv6_requested=bool(ipv6) or options.get("com.docker.network.enable_ipv6") is True,
+            generic=generic,
+            mtu=mtu,
+        )
+
+
+@dataclass(frozen=True)
+class NetworkRequest:
+    """DeleteNetwork, FreeNetwork, AllocateNetwork: only the ID matters to us."""
+
+    network_id: str
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> NetworkRequest:
+        return cls(network_id=_ident(body, "NetworkID"))
+
+
+@dataclass(frozen=True)
+class EndpointRequest:
+    """DeleteEndpoint, EndpointOperInfo, Join, Leave, Program/RevokeExternalConnectivity."""
+
+    network_id: str
+    endpoint_id: str
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> EndpointRequest:
+        return cls(network_id=_ident(body, "NetworkID"), endpoint_id=_ident(body, "EndpointID"))
+
+
+@dataclass(frozen=True)
+class CreateEndpointRequest:
+    network_id: str
+    endpoint_id: str
+    address: ipaddress.IPv4Interface | None
+    ipv6_address: str | None
+    mac: str | None
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> CreateEndpointRequest:
+        iface = _get(body, "Interface", dict, {})
+        address = _get(iface, "Address", str) or None
+        mac = _get(iface, "MacAddress", str) or None
+        return cls(
+            network_id=_ident(body, "NetworkID"),
+            endpoint_id=_ident(body, "EndpointID"),
+            address=parse_interface_cidr(address, "Interface.Address") if address else None,
+            ipv6_address=_get(iface, "AddressIPv6", str) or None,
+            mac=parse_mac(mac, "Interface.MacAddress") if mac else None,
+        )
+
+
+# -- IpamDriver ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestPoolRequest:
+    address_space: str
+    pool: str | None
+    sub_pool: str | None
+    v6: bool
+    options: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> RequestPoolRequest:
+        return cls(
+            address_space=_get(body, "AddressSpace", str, ""),
+            pool=_get(body, "Pool", str) or None,
+            sub_pool=_get(body, "SubPool", str) or None,
+            v6=_get(body, "V6", bool, False),
+            options=_str_map(body.get("Options"), "Options"),
+        )
+
+
+@dataclass(frozen=True)
+class PoolRequest:
+    pool_id: str
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> PoolRequest:
+        return cls(pool_id=_get(body, "PoolID", str, required=True))
+
+
+@dataclass(frozen=True)
+class RequestAddressRequest:
+    pool_id: str
+    address: str | None
+    mac: str | None
+    is_gateway: bool
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> RequestAddressRequest:
+        options = _str_map(body.get("Options"), "Options")
+        address = _get(body, "Address", str) or None
+        if address:
+            try:
+                ipaddress.IPv4Address(address)
+            except ValueError:
+                raise BadRequest(f"Address {address!r} is not an IPv4 address") from None
+        mac = options.get(MAC_OPTION) or None
+        return cls(
+            pool_id=_get(body, "PoolID", str, required=True),
+            address=address,
+            mac=parse_mac(mac, MAC_OPTION) if mac else None,
+            is_gateway=options.get(REQUEST_TYPE_OPTION) == GATEWAY_TYPE,
+        )
+
+
+@dataclass(frozen=True)
+class ReleaseAddressRequest:
+    pool_id: str
+    address: str
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> ReleaseAddressRequest:
+        address = _get(body, "Address", str, required=True)
+        try:
+            # Docker sends a bare address; tolerate CIDR form
+            bare = str(ipaddress.ip_interface(address).ip)
+        except ValueError:
+            raise BadRequest(f"Address {address!r} is not an IPv4 address") from None
+        return cls(pool_id=_get(body, "PoolID", str, required=True), address=bare)

@@ -1,0 +1,59 @@
+"""Serving: gunicorn on a unix socket, one worker process (so one reconciler per host) with threads."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class AgentServer(BaseApplication):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.agent: Any = None
+        super().__init__()
+
+    def load_config(self) -> None:
+        os.makedirs(os.path.dirname(self.settings.socket) or ".", exist_ok=True)
+        config = {
+            "bind": [f"unix:{self.settings.socket}"],
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": self.settings.workers_threads,
+            # Docker waits on us; a request blocked on etcd fails at the store's own timeout well before this
+            "timeout": 120,
+            "graceful_timeout": 5,
+            "umask": 0o077,
+            "loglevel": self.settings.log_level,
+            "accesslog": "-" if self.settings.log_level == "debug" else None,
+            "post_worker_init": self._post_worker_init,
+            "worker_exit": self._worker_exit,
+        }
+        for key, value in config.items():
+            if value is not None:
+                self.cfg.set(key, value)
+
+    def load(self):
+        # Built in the worker, after the fork: netlink sockets and gRPC channels never cross a fork.
+        from .agent import Agent
+        from .app import create_app
+
+        self.agent = Agent(self.settings)
+        return create_app(self.agent.network, self.agent.ipam)
+
+    def _post_worker_init(self, worker: Any) -> None:
+        worker.app.agent.start()
+
+    def _worker_exit(self, server: Any, worker: Any) -> None:
+        if worker.app.agent is not None:
+            worker.app.agent.stop()
+
+
+def serve(settings: Settings) -> None:
+    AgentServer(settings).run()

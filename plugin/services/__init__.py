@@ -1,0 +1,1 @@
+"""Core services the HTTP layer calls: IPAM and the network driver."""

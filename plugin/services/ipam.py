@@ -1,0 +1,83 @@
+"""IpamDriver logic: pools and addresses live in the store, so every host sees the same ones."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from dataclasses import dataclass
+
+from kvstore import GATEWAY_OWNER, Store
+
+from ..errors import BadRequest
+from ..messages import ReleaseAddressRequest, RequestAddressRequest, RequestPoolRequest
+
+ADDRESS_SPACE = "pyoverlay"
+
+
+@dataclass
+class IpamService:
+    store: Store
+    host_id: str
+    default_pool: str
+    default_pool_size: int
+
+    def capabilities(self) -> dict[str, bool]:
+        # MAC in RequestAddress = an idempotency key for retried requests. No replay: the store is durable,
+        # and replaying every address on daemon start would only re-confirm what it already holds.
+        return {"RequiresMACAddress": True, "RequiresRequestReplay": False}
+
+    def default_address_spaces(self) -> dict[str, str]:
+        return {"LocalDefaultAddressSpace": ADDRESS_SPACE, "GlobalDefaultAddressSpace": ADDRESS_SPACE}
+
+    def request_pool(self, req: RequestPoolRequest) -> dict[str, object]:
+        if req.v6:
+            raise BadRequest("pyoverlay IPAM supports IPv4 only; create the network without --ipv6")
+        if req.address_space not in ("", ADDRESS_SPACE):
+            raise BadRequest(f"unknown address space {req.address_space!r}; pyoverlay has {ADDRESS_SPACE!r}")
+        subnet = _subnet(req.pool, "Pool") if req.pool else None
+        ip_range = _subnet(req.sub_pool, "SubPool") if req.sub_pool else None
+        if ip_range and not subnet:
+            raise BadRequest("--ip-range needs --subnet")
+        if ip_range and not ipaddress.IPv4Network(ip_range).subnet_of(ipaddress.IPv4Network(subnet)):
+            raise BadRequest(f"ip range {ip_range} is not inside subnet {subnet}")
+        pool = self.store.request_pool(
+            self.host_id, subnet, ip_range, self.default_pool, self.default_pool_size
+        )
+        return {"PoolID": pool.pool_id, "Pool": pool.subnet, "Data": {}}
+
+    def release_pool(self, pool_id: str) -> None:
+        # A second network on this host asking for a pool it already holds fails in CreateNetwork, and Docker
+        # then releases the pool: keep it while a network bound here still uses it.
+        for network_id in self.store.bindings(self.host_id).values():
+            if self.store.get_network(network_id).pool_id == pool_id:
+                return
+        self.store.release_pool(self.host_id, pool_id)
+
+    def request_address(self, req: RequestAddressRequest) -> dict[str, object]:
+        pool = self.store.get_pool(req.pool_id)
+        if req.is_gateway:
+            owner = GATEWAY_OWNER
+        elif req.mac:
+            owner = req.mac
+        elif req.address:
+            owner = f"static:{req.address}"  # e.g. --aux-address: the address itself is the key
+        else:
+            owner = f"anonymous:{uuid.uuid4()}"
+        address = self.store.reserve_address(pool.pool_id, owner, self.host_id, req.address)
+        prefixlen = ipaddress.IPv4Network(pool.subnet).prefixlen
+        return {"Address": f"{address}/{prefixlen}", "Data": {}}
+
+    def release_address(self, req: ReleaseAddressRequest) -> None:
+        self.store.release_address(req.pool_id, req.address)
+
+
+def _subnet(value: str, what: str) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise BadRequest(f"{what} {value!r} is not a subnet in CIDR form") from None
+    if net.version != 4:
+        raise BadRequest(f"{what} {value!r}: pyoverlay IPAM supports IPv4 only")
+    if str(net) != value:
+        raise BadRequest(f"{what} {value!r} has host bits set; did you mean {net}?")
+    return str(net)

@@ -1,0 +1,193 @@
+"""NetworkDriver logic. The store is written first and the kernel second, so that a request Docker resends
+after a crash finds the record and only has to ensure the devices; a kernel failure undoes the record."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from driver import Dataplane, DataplaneError
+from kvstore import Endpoint, Network, NotFound, Store
+
+from ..errors import BadRequest, UnknownObject
+from ..messages import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest
+from .ipam import ADDRESS_SPACE
+
+log = logging.getLogger(__name__)
+
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+
+
+def fix_command(name_hint: str = "NAME") -> str:
+    return f"docker network create -d pyoverlay --ipam-driver pyoverlay [--subnet CIDR] {name_hint}"
+
+
+@dataclass
+class NetworkService:
+    store: Store
+    dataplane: Dataplane
+    host_id: str
+    vtep: str
+    underlay_mtu: int
+    vxlan_port: int
+    embedded: bool
+    on_change: Callable[[str], None] = lambda network_id: None  # wakes the reconciler for a network
+
+    def capabilities(self) -> dict[str, str]:
+        return {"Scope": "local", "ConnectivityScope": "global"}
+
+    def mtu_for(self, network: Network) -> int:
+        mtu = self.underlay_mtu - VXLAN_OVERHEAD
+        return min(mtu, network.mtu) if network.mtu else mtu
+
+    # -- networks -----------------------------------------------------------------------------------
+
+    def create_network(self, req: CreateNetworkRequest) -> None:
+        if req.ipv6_requested:
+            raise BadRequest("pyoverlay supports IPv4 only; create the network without --ipv6")
+        if len(req.ipv4) != 1:
+            raise BadRequest(f"pyoverlay networks have exactly one IPv4 subnet, got {len(req.ipv4)}")
+        data = req.ipv4[0]
+        owned = data.address_space == ADDRESS_SPACE
+        if not owned and not self.embedded:
+            # Docker's default IPAM only keeps addresses unique per host: across hosts they would collide
+            raise BadRequest(
+                "with the etcd store pyoverlay networks need pyoverlay's IPAM, which keeps addresses "
+                f"unique across hosts; use: {fix_command()}"
+            )
+        pool = self.store.get_pool(data.pool) if owned else None
+        wanted = Network(
+            network_id=req.network_id,
+            vni=0,
+            subnet=data.pool,
+            pool_id=pool.pool_id if pool else None,
+            gateway=data.gateway.split("/")[0] if data.gateway else None,
+            ip_range=pool.ip_range if pool else None,
+            mtu=req.mtu,
+            options=req.generic,
+            created_by=self.host_id,
+        )
+        try:
+            existing = self.store.network_for(self.host_id, req.network_id)
+        except NotFound:
+            existing = None
+        network = existing or self.store.create_network(self.host_id, req.network_id, wanted)
+        try:
+            self.dataplane.ensure_network(network.vni, self.mtu_for(network), self.vtep, self.vxlan_port)
+        except DataplaneError:
+            if existing is None:
+                self._undo_create(req.network_id, network)
+            raise
+        self.on_change(network.network_id)
+
+    def _undo_create(self, docker_network_id: str, network: Network) -> None:
+        try:
+            self.dataplane.delete_network(network.vni)
+        finally:
+            self.store.delete_network(self.host_id, docker_network_id)
+
+    def delete_network(self, docker_network_id: str) -> None:
+        try:
+            network = self.store.network_for(self.host_id, docker_network_id)
+        except NotFound:
+            return  # already gone: a resent request
+        for endpoint in self.store.list_endpoints(network.network_id):
+            if endpoint.host_id == self.host_id:
+                # Docker only deletes networks without endpoints; these are leftovers of a crash
+                self._remove_endpoint(endpoint.endpoint_id)
+        self.store.delete_network(self.host_id, docker_network_id)
+        self.dataplane.delete_network(network.vni)
+        self.on_change(network.network_id)
+
+    def network(self, docker_network_id: str) -> Network:
+        try:
+            return self.store.network_for(self.host_id, docker_network_id)
+        except NotFound:
+            raise UnknownObject(f"network {docker_network_id[:12]} is not a pyoverlay network on this host") from None
+
+    # -- endpoints ----------------------------------------------------------------------------------
+
+    def create_endpoint(self, req: CreateEndpointRequest) -> dict[str, object]:
+        network = self.network(req.network_id)
+        if req.ipv6_address:
+            raise BadRequest("pyoverlay supports IPv4 only")
+        if network.pool_id and req.address is None:
+            raise BadRequest(f"endpoint {req.endpoint_id[:12]} has no IPv4 address")
+        if req.address is not None and network.subnet:
+            if req.address.network.with_prefixlen != network.subnet:
+                raise BadRequest(f"address {req.address} is not in the network's subnet {network.subnet}")
+        mac = req.mac or mac_for(req.endpoint_id)
+        endpoint = Endpoint(
+            endpoint_id=req.endpoint_id,
+            network_id=network.network_id,
+            host_id=self.host_id,
+            vtep=self.vtep,
+            mac=mac,
+            address=str(req.address) if req.address else None,
+        )
+        try:
+            current = self.store.get_endpoint(req.endpoint_id)
+        except NotFound:
+            current = None
+        if current is not None and _identity(current) != _identity(endpoint):
+            raise BadRequest(f"endpoint {req.endpoint_id[:12]} exists with other settings")
+        if current is None:
+            self.store.put_endpoint(endpoint)
+        mtu = self.mtu_for(network)
+        try:
+            # a network whose devices vanished (host reboot) is rebuilt rather than failing the endpoint
+            self.dataplane.ensure_network(network.vni, mtu, self.vtep, self.vxlan_port)
+            self.dataplane.ensure_endpoint(network.vni, req.endpoint_id, mac, mtu)
+        except DataplaneError:
+            self._remove_endpoint(req.endpoint_id)
+            raise
+        # only fields Docker left empty are answered: echoing one it set is an error
+        return {"Interface": {} if req.mac else {"MacAddress": mac}}
+
+    def delete_endpoint(self, req: EndpointRequest) -> None:
+        self._remove_endpoint(req.endpoint_id)
+
+    def _remove_endpoint(self, endpoint_id: str) -> None:
+        self.dataplane.delete_endpoint(endpoint_id)
+        self.store.delete_endpoint(endpoint_id)
+
+    def endpoint(self, req: EndpointRequest) -> Endpoint:
+        try:
+            endpoint = self.store.get_endpoint(req.endpoint_id)
+        except NotFound:
+            raise UnknownObject(f"endpoint {req.endpoint_id[:12]} is not known to pyoverlay") from None
+        if endpoint.network_id != self.network(req.network_id).network_id:
+            raise UnknownObject(f"endpoint {req.endpoint_id[:12]} is not on network {req.network_id[:12]}")
+        return endpoint
+
+    def join(self, req: EndpointRequest) -> dict[str, object]:
+        endpoint = self.endpoint(req)
+        network = self.network(req.network_id)
+        container_side = self.dataplane.ensure_endpoint(
+            network.vni, endpoint.endpoint_id, endpoint.mac, self.mtu_for(network)
+        )
+        # No Gateway: Docker then attaches docker_gwbridge for outbound NAT and -p publishing.
+        return {"InterfaceName": {"SrcName": container_side, "DstPrefix": "eth"}}
+
+    def oper_info(self, req: EndpointRequest) -> dict[str, object]:
+        endpoint = self.endpoint(req)
+        return {
+            "Value": {
+                "MacAddress": endpoint.mac,
+                "Address": endpoint.address or "",
+                "VTEP": endpoint.vtep,
+                "Host": endpoint.host_id,
+            }
+        }
+
+
+def _identity(endpoint: Endpoint) -> tuple[str, str, str, str | None]:
+    return (endpoint.network_id, endpoint.host_id, endpoint.mac, endpoint.address)
+
+
+def mac_for(endpoint_id: str) -> str:
+    """A locally administered unicast MAC derived from the endpoint ID (stable across retries)."""
+    digest = hashlib.sha256(endpoint_id.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))

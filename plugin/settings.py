@@ -1,0 +1,108 @@
+"""Agent settings: every one is a command-line flag and an environment variable of the same meaning
+(the managed plugin sets the variables; the flag wins when both are given)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Settings:
+    socket: str = "/run/docker/plugins/pyoverlay.sock"
+    etcd_endpoints: tuple[str, ...] = ()  # empty: the embedded single-host store
+    state_dir: str = "/var/lib/pyoverlay"
+    advertise_addr: str = ""  # empty: the address of the interface holding the default route
+    log_level: str = "info"
+    default_pool: str = "10.200.0.0/13"
+    default_pool_size: int = 24
+    vxlan_port: int = 4789
+    etcd_ca_cert: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    workers_threads: int = 8
+
+    @property
+    def embedded(self) -> bool:
+        return not self.etcd_endpoints
+
+
+_HELP = {
+    "socket": "unix socket Docker talks to",
+    "etcd_endpoints": "comma-separated etcd URLs; empty uses the embedded single-host store",
+    "state_dir": "where the host id and the embedded store live",
+    "advertise_addr": "underlay IPv4 address for VXLAN (default: the default-route interface's)",
+    "log_level": "debug, info, warning or error",
+    "default_pool": "range that subnets are carved from when a network names none",
+    "default_pool_size": "prefix length of carved subnets",
+    "vxlan_port": "UDP port of the VXLAN devices",
+    "etcd_ca_cert": "CA certificate file for etcd TLS",
+    "etcd_cert": "client certificate file for etcd TLS",
+    "etcd_key": "client key file for etcd TLS",
+    "workers_threads": "request threads of the HTTP worker",
+}
+
+
+def _env_name(name: str) -> str:
+    return name.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; defaults come from the environment, then from Settings."""
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, dest=f.name, default=None, help=f"{_HELP[f.name]} (env {_env_name(f.name)})")
+
+
+def load(args: argparse.Namespace | None = None, env: Mapping[str, str] = os.environ) -> Settings:
+    """Settings from flags, else environment variables, else defaults; validated."""
+    raw: dict[str, str] = {}
+    for f in fields(Settings):
+        value = getattr(args, f.name, None) if args is not None else None
+        if value is None:
+            value = env.get(_env_name(f.name))
+        if value is not None:
+            raw[f.name] = value
+    return _validate(raw)
+
+
+def _validate(raw: dict[str, str]) -> Settings:
+    values: dict[str, object] = {}
+    for key, value in raw.items():
+        value = value.strip()
+        if key == "etcd_endpoints":
+            values[key] = tuple(_endpoint(e) for e in value.split(",") if e.strip())
+        elif key in ("default_pool_size", "vxlan_port", "workers_threads"):
+            try:
+                values[key] = int(value)
+            except ValueError:
+                raise SystemExit(f"pyoverlay: {key.upper()} must be an integer, got {value!r}") from None
+        else:
+            values[key] = value
+    settings = Settings(**values)  # type: ignore[arg-type]
+    try:
+        pool = ipaddress.IPv4Network(settings.default_pool)
+    except ValueError:
+        raise SystemExit(f"pyoverlay: DEFAULT_POOL {settings.default_pool!r} is not an IPv4 subnet") from None
+    if not pool.prefixlen <= settings.default_pool_size <= 30:
+        raise SystemExit(f"pyoverlay: DEFAULT_POOL_SIZE must be between {pool.prefixlen} and 30")
+    if settings.advertise_addr:
+        try:
+            ipaddress.IPv4Address(settings.advertise_addr)
+        except ValueError:
+            raise SystemExit(f"pyoverlay: ADVERTISE_ADDR {settings.advertise_addr!r} is not IPv4") from None
+    if not 1 <= settings.vxlan_port <= 65535:
+        raise SystemExit("pyoverlay: VXLAN_PORT must be between 1 and 65535")
+    return settings
+
+
+def _endpoint(value: str) -> str:
+    value = value.strip()
+    return value if "://" in value else "http://" + value
+
+
+def describe(settings: Settings) -> Sequence[str]:
+    return [f"{f.name}={getattr(settings, f.name)!r}" for f in fields(Settings)]

@@ -1,0 +1,72 @@
+import pytest
+
+from plugin import messages as m
+from plugin.errors import BadRequest
+
+
+def test_create_network_parses_docker_body():
+    req = m.CreateNetworkRequest.parse(
+        {
+            "NetworkID": "a" * 64,
+            "Options": {
+                "com.docker.network.enable_ipv6": False,
+                "com.docker.network.generic": {"com.docker.network.driver.mtu": "1400", "x": 1},
+            },
+            "IPv4Data": [{"AddressSpace": "pyoverlay", "Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}],
+            "IPv6Data": [],
+        }
+    )
+    assert req.mtu == 1400
+    assert req.generic["x"] == "1"
+    assert req.ipv4[0].pool == "10.1.0.0/24" and req.ipv4[0].gateway == "10.1.0.1/24"
+    assert not req.ipv6_requested
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({}, "missing field 'NetworkID'"),
+        ({"NetworkID": 5}, "must be str"),
+        ({"NetworkID": "../etc"}, "not a valid ID"),
+        ({"NetworkID": "n", "IPv4Data": [{"Pool": "10.1.0.0/33"}]}, "not an IPv4 subnet"),
+        ({"NetworkID": "n", "IPv4Data": "x"}, "must be list"),
+        ({"NetworkID": "n", "IPv4Data": [{"Pool": "10.1.0.0/24", "Gateway": "nope"}]}, "CIDR"),
+        ({"NetworkID": "n", "Options": {"com.docker.network.generic": {"com.docker.network.driver.mtu": "x"}}},
+         "must be an integer"),
+        ({"NetworkID": "n", "Options": {"com.docker.network.generic": {"com.docker.network.driver.mtu": "9"}}},
+         "outside"),
+    ],
+)
+def test_create_network_refuses_bad_input(body, message):
+    with pytest.raises(BadRequest, match=message):
+        m.CreateNetworkRequest.parse(body)
+
+
+def test_create_endpoint_parses_and_validates():
+    req = m.CreateEndpointRequest.parse(
+        {"NetworkID": "n", "EndpointID": "e", "Interface": {"Address": "10.1.0.5/24", "MacAddress": "02:42:0A:01:00:05"}}
+    )
+    assert str(req.address) == "10.1.0.5/24" and req.mac == "02:42:0a:01:00:05"
+    with pytest.raises(BadRequest, match="not a MAC"):
+        m.CreateEndpointRequest.parse({"NetworkID": "n", "EndpointID": "e", "Interface": {"MacAddress": "zz"}})
+    with pytest.raises(BadRequest, match="IPv4 only"):
+        m.CreateEndpointRequest.parse({"NetworkID": "n", "EndpointID": "e", "Interface": {"Address": "fd00::1/64"}})
+
+
+def test_request_address_gateway_and_mac():
+    gw = m.RequestAddressRequest.parse(
+        {"PoolID": "10.1.0.0/24", "Options": {"RequestAddressType": "com.docker.network.gateway"}}
+    )
+    assert gw.is_gateway and gw.mac is None
+    req = m.RequestAddressRequest.parse(
+        {"PoolID": "p", "Address": "10.1.0.9", "Options": {"com.docker.network.endpoint.macaddress": "02:00:00:00:00:01"}}
+    )
+    assert req.address == "10.1.0.9" and req.mac == "02:00:00:00:00:01" and not req.is_gateway
+    with pytest.raises(BadRequest, match="not an IPv4 address"):
+        m.RequestAddressRequest.parse({"PoolID": "p", "Address": "10.1.0.300"})
+    with pytest.raises(BadRequest, match="missing field 'PoolID'"):
+        m.RequestAddressRequest.parse({})
+
+
+def test_release_address_tolerates_cidr():
+    assert m.ReleaseAddressRequest.parse({"PoolID": "p", "Address": "10.1.0.9/24"}).address == "10.1.0.9"
