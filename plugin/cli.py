@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug output is every netlink message
     if args.command == "serve":
         from .server import serve as run
 

@@ -33,6 +33,8 @@ class AgentServer(BaseApplication):
             "loglevel": self.settings.log_level,
             "accesslog": "-" if self.settings.log_level == "debug" else None,
             "post_worker_init": self._post_worker_init,
+            # gunicorn ≥ 24's control socket lives at one path per user: several agents would collide
+            "control_socket_disable": True,
             "worker_exit": self._worker_exit,
         }
         for key, value in config.items():
