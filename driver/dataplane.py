@@ -1,0 +1,241 @@
+"""The kernel datapath of pyoverlay: one bridge + VXLAN device per network, one veth per local endpoint,
+remote endpoints as static FDB and permanent neighbour entries on the VXLAN device.
+
+Every method is idempotent and safe to call from several threads: each thread gets its own IPRoute.
+"""
+
+import errno
+import ipaddress
+import os
+import re
+import socket
+import threading
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_NOARP, NUD_PERMANENT
+
+from . import firewall
+from .errors import DataplaneError
+from .links import (
+    delete_link,
+    describe,
+    ensure_bridge,
+    ensure_veth,
+    ensure_vxlan,
+    find_link,
+    kernel_op,
+    require_link,
+)
+from .names import (
+    bridge_name,
+    check_vni,
+    endpoint_prefix_from_name,
+    veth_names,
+    vni_from_name,
+    vxlan_name,
+)
+from .peers import FLOOD_MAC, PeerChanges, PeerState, normalize_mac
+
+__all__ = ["Dataplane", "DataplaneError"]
+
+_FDB_FLAGS = NTF_SELF  # on the VXLAN device itself; without it the entry lands in the bridge's table
+_FDB_STATE = NUD_PERMANENT | NUD_NOARP
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def open_iproute(netns: str | None) -> IPRoute:
+    """A new IPRoute in netns (None: the current one) that subscribes to no events.
+
+    Subscribed sockets queue every broadcast the kernel sends; a long-lived agent never reads them.
+    flags=0: pyroute2 would otherwise create a missing namespace instead of failing.
+    """
+    try:
+        if netns is None:
+            return IPRoute(groups=0)
+        return IPRoute(netns=netns, flags=0, groups=0)
+    except OSError as exc:
+        raise DataplaneError(f"netns {netns or '(current)'}: open netlink socket: {describe(exc)}") from exc
+
+
+class Dataplane:
+    """Kernel operations for one host (or one test namespace)."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._local = threading.local()
+        self._sockets: list[tuple[int, IPRoute]] = []
+        self._sockets_lock = threading.Lock()
+        # network-level changes (devices shared by all endpoints, firewall rules) go one at a time
+        self._network_lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    @property
+    def _ipr(self) -> IPRoute:
+        ipr = getattr(self._local, "ipr", None)
+        # a socket inherited across fork belongs to the parent: never reuse it
+        if ipr is None or self._local.pid != os.getpid():
+            ipr = open_iproute(self.netns)
+            self._local.ipr, self._local.pid = ipr, os.getpid()
+            with self._sockets_lock:
+                self._sockets.append((os.getpid(), ipr))
+        return ipr
+
+    def close(self) -> None:
+        """Close the netlink sockets of all threads; call once at shutdown (or at the end of a test)."""
+        with self._sockets_lock:
+            sockets, self._sockets = self._sockets, []
+        for pid, ipr in sockets:
+            if pid == os.getpid():
+                ipr.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> "Dataplane":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- networks ---------------------------------------------------------------------------------
+
+    def ensure_network(self, vni: int, mtu: int, local_ip: str, port: int = 4789) -> None:
+        """Bridge + VXLAN device + FORWARD rule for a network; adopts, fixes or recreates what exists."""
+        check_vni(vni)
+        try:
+            local = str(ipaddress.IPv4Address(local_ip.strip()))  # compared with what the kernel reports
+        except ValueError as exc:
+            raise DataplaneError(f"{vxlan_name(vni)}: create vxlan: local {local_ip!r} is not IPv4") from exc
+        with self._network_lock:
+            bridge = ensure_bridge(self._ipr, bridge_name(vni), mtu)
+            ensure_vxlan(self._ipr, vxlan_name(vni), vni, local, port, mtu, bridge)
+            firewall.ensure_forward_rule(vni, self.netns)
+
+    def delete_network(self, vni: int) -> None:
+        """Remove the network's VXLAN device, bridge and FORWARD rules; nothing to do if they are gone."""
+        check_vni(vni)
+        with self._network_lock:
+            delete_link(self._ipr, vxlan_name(vni))
+            delete_link(self._ipr, bridge_name(vni))
+            firewall.delete_forward_rules(vni, self.netns)
+
+    def network_vnis(self) -> set[int]:
+        """VNIs that have a pyoverlay bridge or VXLAN device here."""
+        return {vni for vni in map(vni_from_name, self._link_names()) if vni is not None}
+
+    # -- endpoints --------------------------------------------------------------------------------
+
+    def ensure_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
+        """A veth pair for a local endpoint on the network's bridge; returns the container-side name."""
+        host, container = veth_names(endpoint_id)
+        bridge = require_link(self._ipr, bridge_name(vni), f"attach endpoint {host} (ensure the network)")
+        ensure_veth(self._ipr, host, container, mac, mtu, bridge)
+        return container
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        """Remove an endpoint's veth pair (deleting one side removes the other, wherever it is)."""
+        host, container = veth_names(endpoint_id)
+        delete_link(self._ipr, host)
+        delete_link(self._ipr, container)
+
+    def endpoint_ids_prefixes(self) -> set[str]:
+        """The 12-character endpoint ID prefixes of the host-side veths that exist here."""
+        return {p for p in map(endpoint_prefix_from_name, self._link_names()) if p is not None}
+
+    def _link_names(self) -> list[str]:
+        with kernel_op(f"netns {self.netns or '(current)'}", "list links"):
+            return [link.get("ifname") for link in self._ipr.link("dump")]
+        return []
+
+    # -- remote peers (the reconciler is the only caller) ----------------------------------------
+
+    def read_peers(self, vni: int) -> PeerState:
+        """The remote FDB and permanent neighbour entries programmed on the network's VXLAN device."""
+        ifname = vxlan_name(vni)
+        index = require_link(self._ipr, ifname, "read peers")["index"]
+        with kernel_op(ifname, "dump fdb"):
+            fdb_entries = self._ipr.fdb("dump", ifindex=index)
+        with kernel_op(ifname, "dump neighbours"):
+            neigh_entries = self._ipr.neigh("dump", ifindex=index)
+        return PeerState(
+            fdb=frozenset(_remote_fdb(fdb_entries, index)),
+            neigh=frozenset(_permanent_neigh(neigh_entries, index)),
+        )
+
+    def apply_peers(self, vni: int, changes: PeerChanges) -> list[str]:
+        """Apply changes to the network's VXLAN device; returns one message per entry that failed.
+
+        Removals go first so a MAC or IP that moved is never left pointing at the old place.
+        """
+        ifname = vxlan_name(vni)
+        link = find_link(self._ipr, ifname)
+        if link is None:
+            return [f"{ifname}: apply peers: device not found"] if changes else []
+        index = link["index"]
+        errors: list[str] = []
+        replaced_ips = {ip for ip, _ in changes.add_neigh}
+
+        def attempt(operation: str, tolerate: int, call: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                call(*args, **kwargs)
+            except NetlinkError as exc:
+                if exc.code != tolerate:
+                    errors.append(f"{ifname}: {operation}: {describe(exc)}")
+            except Exception as exc:  # a malformed entry must not stop the others
+                errors.append(f"{ifname}: {operation}: {describe(exc)}")
+
+        for ip, mac in sorted(changes.del_neigh):
+            if ip in replaced_ips:
+                continue  # 'replace' below moves it in one step; deleting first would open a gap
+            attempt(f"delete neighbour {ip} lladdr {mac}", errno.ENOENT, self._neigh, "del", index, ip, mac)
+        for mac, vtep in sorted(changes.del_fdb):
+            attempt(f"delete fdb {mac} dst {vtep}", errno.ENOENT, self._fdb, "del", index, mac, vtep)
+        for mac, vtep in sorted(changes.add_fdb):
+            # several all-zeros entries must coexist (one per remote VTEP): append; a unicast MAC
+            # has one destination: replace, so a MAC that moved host is updated in place
+            command = "append" if normalize_mac(mac) == FLOOD_MAC else "replace"
+            attempt(f"add fdb {mac} dst {vtep}", errno.EEXIST, self._fdb, command, index, mac, vtep)
+        for ip, mac in sorted(changes.add_neigh):
+            attempt(f"add neighbour {ip} lladdr {mac}", 0, self._neigh, "replace", index, ip, mac)
+        return errors
+
+    def _fdb(self, command: str, index: int, mac: str, vtep: str) -> None:
+        _check_entry(mac, vtep)
+        # flags and state explicit: 'replace' would otherwise put the entry in the bridge's table
+        self._ipr.fdb(command, ifindex=index, lladdr=mac, dst=vtep, flags=_FDB_FLAGS, state=_FDB_STATE)
+
+    def _neigh(self, command: str, index: int, ip: str, mac: str) -> None:
+        _check_entry(mac, ip)
+        self._ipr.neigh(command, ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT)
+
+
+def _check_entry(mac: str, address: str) -> None:
+    # pyroute2's own messages for malformed values are misleading ("illegal IP" for a bad MAC)
+    if not _MAC.match(mac):
+        raise ValueError(f"invalid MAC address {mac!r}")
+    ipaddress.ip_address(address)  # ValueError names the address
+
+
+def _remote_fdb(entries: Any, index: int) -> set[tuple[str, str]]:
+    # bridge-local entries (the device's own MAC, multicast) have no NTF_SELF or no destination
+    return {
+        (normalize_mac(entry.get("NDA_LLADDR")), entry.get("NDA_DST"))
+        for entry in entries
+        if entry["ifindex"] == index
+        and entry["flags"] & NTF_SELF
+        and entry.get("NDA_DST")
+        and entry.get("NDA_LLADDR")
+    }
+
+
+def _permanent_neigh(entries: Any, index: int) -> set[tuple[str, str]]:
+    return {
+        (entry.get("NDA_DST"), normalize_mac(entry.get("NDA_LLADDR")))
+        for entry in entries
+        if entry["ifindex"] == index
+        and entry["family"] in (socket.AF_INET, socket.AF_INET6)
+        and entry["state"] & NUD_PERMANENT
+        and entry.get("NDA_DST")
+        and entry.get("NDA_LLADDR")
+    }

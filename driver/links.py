@@ -1,0 +1,220 @@
+"""Idempotent link helpers: create, tolerate "exists", re-read, check kind and settings, fix or fail.
+
+Every function takes the caller's IPRoute (one per thread) and raises DataplaneError naming the device.
+"""
+
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
+
+from .errors import DataplaneError
+
+Link = Any  # a pyroute2 ifinfmsg; pyroute2 ships no type information
+IN6_ADDR_GEN_MODE_NONE = 1
+
+
+def describe(exc: BaseException) -> str:
+    """Short text for an error from pyroute2 or the kernel."""
+    if isinstance(exc, NetlinkError):
+        return f"[errno {exc.code}] {os.strerror(exc.code)}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextmanager
+def kernel_op(ifname: str, operation: str, tolerate: tuple[int, ...] = ()) -> Iterator[None]:
+    """Turn a netlink error into DataplaneError("<ifname>: <operation>: ..."), ignoring tolerated errnos."""
+    try:
+        yield
+    except NetlinkError as exc:
+        if exc.code in tolerate:
+            return
+        raise DataplaneError(f"{ifname}: {operation}: {describe(exc)}") from exc
+    except (OSError, ValueError, TypeError) as exc:
+        raise DataplaneError(f"{ifname}: {operation}: {describe(exc)}") from exc
+
+
+def find_link(ipr: IPRoute, ifname: str) -> Link | None:
+    """The link called ifname, or None."""
+    with kernel_op(ifname, "look up link", tolerate=(errno.ENODEV,)):
+        return ipr.link("get", ifname=ifname)[0]
+    return None
+
+
+def require_link(ipr: IPRoute, ifname: str, operation: str) -> Link:
+    """The link called ifname, or DataplaneError if it does not exist."""
+    link = find_link(ipr, ifname)
+    if link is None:
+        raise DataplaneError(f"{ifname}: {operation}: device not found")
+    return link
+
+
+def link_kind(link: Link) -> str | None:
+    return link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+
+
+def delete_link(ipr: IPRoute, ifname: str) -> None:
+    """Delete the link if it exists."""
+    with kernel_op(ifname, "delete link", tolerate=(errno.ENODEV,)):
+        ipr.link("del", ifname=ifname)
+
+
+def ensure_bridge(ipr: IPRoute, ifname: str, mtu: int) -> Link:
+    """A bridge called ifname: up, this MTU, STP off, no IP addresses."""
+    link = find_link(ipr, ifname)
+    if link is not None and link_kind(link) != "bridge":
+        delete_link(ipr, ifname)  # something else squats the name; the name is ours by prefix
+        link = None
+    if link is None:
+        with kernel_op(ifname, "create bridge", tolerate=(errno.EEXIST,)):
+            ipr.link("add", ifname=ifname, kind="bridge", br_stp_state=0, mtu=mtu)
+        link = require_link(ipr, ifname, "create bridge")
+        if link_kind(link) != "bridge":
+            raise DataplaneError(f"{ifname}: create bridge: exists with kind {link_kind(link)}")
+    if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_BR_STP_STATE"):
+        with kernel_op(ifname, "disable STP"):
+            ipr.link("set", index=link["index"], kind="bridge", br_stp_state=0)
+    _quiet_port(ipr, link)
+    _set_mtu_up(ipr, link, mtu)
+    return link
+
+
+def vxlan_mismatch(link: Link, vni: int, local_ip: str, port: int) -> str | None:
+    """Why an existing device can't serve as this VXLAN device, or None if it can."""
+    if link_kind(link) != "vxlan":
+        return f"kind {link_kind(link)}"
+    data = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+    expected = {
+        "IFLA_VXLAN_ID": vni,
+        "IFLA_VXLAN_LOCAL": local_ip,
+        "IFLA_VXLAN_PORT": port,
+        "IFLA_VXLAN_LEARNING": 0,
+        "IFLA_VXLAN_PROXY": 1,
+    }
+    for attr, want in expected.items():
+        have = data.get(attr) if data is not None else None
+        if have != want:
+            return f"{attr.removeprefix('IFLA_VXLAN_').lower()} {have!r}, want {want!r}"
+    if data.get("IFLA_VXLAN_GROUP") not in (None, "0.0.0.0") or data.get("IFLA_VXLAN_COLLECT_METADATA"):
+        return "has a group/remote or collects metadata"
+    return None
+
+
+def ensure_vxlan(
+    ipr: IPRoute, ifname: str, vni: int, local_ip: str, port: int, mtu: int, bridge: Link
+) -> Link:
+    """A VXLAN device (learning off, proxy ARP on) enslaved to bridge: up, this MTU, no IP addresses."""
+    link = find_link(ipr, ifname)
+    if link is not None and vxlan_mismatch(link, vni, local_ip, port) is not None:
+        # id, local, port, learning and proxy can't be changed on a live device: recreate it
+        delete_link(ipr, ifname)
+        link = None
+    if link is None:
+        with kernel_op(ifname, f"create vxlan vni {vni} local {local_ip} port {port}", (errno.EEXIST,)):
+            ipr.link(
+                "add",
+                ifname=ifname,
+                kind="vxlan",
+                vxlan_id=vni,
+                vxlan_local=local_ip,
+                vxlan_port=port,
+                vxlan_learning=0,
+                vxlan_proxy=1,
+                mtu=mtu,
+            )
+        link = find_link(ipr, ifname)
+        if link is None:
+            # EEXIST without our device: another device already holds this VNI on this port
+            raise DataplaneError(f"{ifname}: create vxlan: another device already uses vni {vni} port {port}")
+        reason = vxlan_mismatch(link, vni, local_ip, port)
+        if reason is not None:
+            raise DataplaneError(f"{ifname}: create vxlan: device exists with {reason}")
+    _enslave(ipr, link, bridge)
+    _quiet_port(ipr, link)
+    _set_mtu_up(ipr, link, mtu)
+    return link
+
+
+def ensure_veth(ipr: IPRoute, host: str, container: str, mac: str, mtu: int, bridge: Link) -> None:
+    """A veth pair: host side on bridge, up, this MTU; container side (if still here) with mac and MTU.
+
+    The container side stays down: Docker moves it into the container and renames it. Once it has moved,
+    the host side alone is enough.
+    """
+    host_link = find_link(ipr, host)
+    peer = find_link(ipr, container)
+    if host_link is not None and link_kind(host_link) != "veth":
+        delete_link(ipr, host)
+        host_link = None
+    if peer is not None and (host_link is None or not _are_peers(host_link, peer)):
+        # a stray device holding the name, not the host side's peer (which lives in a container)
+        delete_link(ipr, container)
+        peer = None
+    if host_link is None:
+        with kernel_op(host, f"create veth pair {host}/{container}", tolerate=(errno.EEXIST,)):
+            ipr.link(
+                "add",
+                ifname=host,
+                kind="veth",
+                mtu=mtu,
+                peer={"ifname": container, "address": mac, "mtu": mtu},
+            )
+        host_link = require_link(ipr, host, "create veth pair")
+        peer = find_link(ipr, container)
+    if peer is not None:
+        changes: dict[str, Any] = {}
+        if peer.get("address") != mac.lower():
+            changes["address"] = mac
+        if peer.get("mtu") != mtu:
+            changes["mtu"] = mtu
+        if changes:
+            with kernel_op(container, f"set {', '.join(changes)}"):
+                ipr.link("set", index=peer["index"], **changes)
+    _enslave(ipr, host_link, bridge)
+    _quiet_port(ipr, host_link)
+    _set_mtu_up(ipr, host_link, mtu)
+
+
+def _are_peers(host_link: Link, peer: Link) -> bool:
+    return (
+        link_kind(peer) == "veth"
+        and host_link.get("link") == peer["index"]
+        and peer.get("link") == host_link["index"]
+    )
+
+
+def _enslave(ipr: IPRoute, link: Link, bridge: Link) -> None:
+    if link.get("master") != bridge["index"]:
+        with kernel_op(link.get("ifname"), f"attach to bridge {bridge.get('ifname')}"):
+            ipr.link("set", index=link["index"], master=bridge["index"])
+
+
+def _set_mtu_up(ipr: IPRoute, link: Link, mtu: int) -> None:
+    ifname = link.get("ifname")
+    if link.get("mtu") != mtu:
+        with kernel_op(ifname, f"set mtu {mtu}"):
+            ipr.link("set", index=link["index"], mtu=mtu)
+    if not link["flags"] & IFF_UP:
+        with kernel_op(ifname, "set up"):
+            ipr.link("set", index=link["index"], state="up")
+
+
+def _quiet_port(ipr: IPRoute, link: Link) -> None:
+    """No addresses, and no IPv6 link-local: the host must not appear on the overlay."""
+    ifname = link.get("ifname")
+    inet6 = link.get_nested("IFLA_AF_SPEC", "AF_INET6")
+    if inet6 is not None and inet6.get("IFLA_INET6_ADDR_GEN_MODE") != IN6_ADDR_GEN_MODE_NONE:
+        spec = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE]]}]]}
+        with kernel_op(ifname, "disable IPv6 address generation"):
+            ipr.link("set", index=link["index"], af_spec=spec)
+    with kernel_op(ifname, "list addresses"):
+        addresses = ipr.addr("dump", index=link["index"])
+    for addr in addresses:
+        address = addr.get("IFA_ADDRESS")
+        with kernel_op(ifname, f"remove address {address}", tolerate=(errno.EADDRNOTAVAIL,)):
+            ipr.addr("del", index=link["index"], address=address, prefixlen=addr["prefixlen"])

@@ -1,0 +1,51 @@
+"""Deterministic interface names (the kernel allows at most 15 characters)."""
+
+import re
+
+MAX_VNI = (1 << 24) - 1
+BRIDGE_PREFIX = "pobr"
+VXLAN_PREFIX = "povx"
+HOST_VETH_PREFIX = "poh"
+CONTAINER_VETH_PREFIX = "poc"
+ENDPOINT_PREFIX_LEN = 12
+
+_ENDPOINT_ID = re.compile(r"^[0-9a-zA-Z]{12,}$")
+_NETWORK_NAME = re.compile(r"^(?:pobr|povx)([1-9][0-9]{0,7})$")
+_HOST_VETH = re.compile(r"^poh([0-9a-zA-Z]{12})$")
+
+
+def check_vni(vni: int) -> int:
+    """Return vni if it is a valid VXLAN network identifier, else raise ValueError."""
+    if isinstance(vni, bool) or not isinstance(vni, int) or not 1 <= vni <= MAX_VNI:
+        raise ValueError(f"VNI must be an integer in 1..{MAX_VNI}, got {vni!r}")
+    return vni
+
+
+def bridge_name(vni: int) -> str:
+    """Name of the Linux bridge for a network, e.g. ``pobr4096``."""
+    return f"{BRIDGE_PREFIX}{check_vni(vni)}"
+
+
+def vxlan_name(vni: int) -> str:
+    """Name of the VXLAN device for a network, e.g. ``povx4096``."""
+    return f"{VXLAN_PREFIX}{check_vni(vni)}"
+
+
+def veth_names(endpoint_id: str) -> tuple[str, str]:
+    """(host side, container side) veth names for a Docker endpoint ID."""
+    if not isinstance(endpoint_id, str) or not _ENDPOINT_ID.match(endpoint_id):
+        raise ValueError(f"endpoint ID must be at least 12 alphanumeric characters, got {endpoint_id!r}")
+    prefix = endpoint_id[:ENDPOINT_PREFIX_LEN]
+    return HOST_VETH_PREFIX + prefix, CONTAINER_VETH_PREFIX + prefix
+
+
+def vni_from_name(ifname: str) -> int | None:
+    """The VNI encoded in a pyoverlay bridge or VXLAN name, or None for any other name."""
+    match = _NETWORK_NAME.match(ifname)
+    return int(match.group(1)) if match and int(match.group(1)) <= MAX_VNI else None
+
+
+def endpoint_prefix_from_name(ifname: str) -> str | None:
+    """The 12-character endpoint ID prefix of a host-side veth name, or None for any other name."""
+    match = _HOST_VETH.match(ifname)
+    return match.group(1) if match else None

@@ -1,0 +1,215 @@
+"""ensure_network / delete_network against a real kernel, in a throwaway namespace."""
+
+import threading
+
+import pytest
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
+
+from driver import Dataplane, DataplaneError
+from driver.firewall import delete_forward_rules, forward_rule
+from driver.names import bridge_name, vxlan_name
+
+from .nsutil import TEST_VNI, in_netns, link, pyoverlay_links, pyoverlay_rules, vxlan_attr
+
+pytestmark = pytest.mark.netlink
+
+VNI = TEST_VNI
+BR, VX = bridge_name(VNI), vxlan_name(VNI)
+RULE = f'-A FORWARD -i {BR} -o {BR} -m comment --comment "pyoverlay vni {VNI}" -j ACCEPT'
+LOCAL = "192.0.2.1"
+
+
+def test_ensure_network_creates_bridge_vxlan_and_rule(dataplane: Dataplane, ns: str) -> None:
+    dataplane.ensure_network(VNI, 1450, LOCAL)
+
+    with IPRoute(netns=ns, flags=0) as ipr:
+        bridge = link(ipr, BR)
+        vxlan = link(ipr, VX)
+        bridge_addresses = ipr.addr("dump", index=bridge["index"])
+    assert bridge.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge"
+    assert bridge.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_BR_STP_STATE") == 0
+    assert bridge.get("mtu") == 1450 and bridge["flags"] & IFF_UP
+    assert not bridge_addresses
+    assert vxlan.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "vxlan"
+    assert vxlan_attr(vxlan, "id") == VNI
+    assert vxlan_attr(vxlan, "local") == LOCAL
+    assert vxlan_attr(vxlan, "port") == 4789
+    assert vxlan_attr(vxlan, "learning") == 0
+    assert vxlan_attr(vxlan, "proxy") == 1
+    assert vxlan.get("mtu") == 1450 and vxlan["flags"] & IFF_UP
+    assert vxlan.get("master") == bridge["index"]
+    assert pyoverlay_rules(ns) == [RULE]
+    assert dataplane.network_vnis() == {VNI}
+
+
+def test_ensure_network_is_idempotent_and_adopts_existing_devices(dataplane: Dataplane, ns: str) -> None:
+    dataplane.ensure_network(VNI, 1450, LOCAL, port=4790)
+    with IPRoute(netns=ns, flags=0) as ipr:
+        first = (link(ipr, BR)["index"], link(ipr, VX)["index"])
+
+    dataplane.ensure_network(VNI, 1450, LOCAL, port=4790)
+    with Dataplane(netns=ns) as restarted_agent:
+        restarted_agent.ensure_network(VNI, 1450, LOCAL, port=4790)
+
+    with IPRoute(netns=ns, flags=0) as ipr:
+        assert (link(ipr, BR)["index"], link(ipr, VX)["index"]) == first
+    assert len(pyoverlay_rules(ns)) == 1
+
+
+def test_ensure_network_recreates_vxlan_with_wrong_vni(dataplane: Dataplane, ns: str) -> None:
+    with IPRoute(netns=ns, flags=0) as ipr:
+        ipr.link("add", ifname=VX, kind="vxlan", vxlan_id=999, vxlan_local=LOCAL, vxlan_port=4789)
+
+    dataplane.ensure_network(VNI, 1450, LOCAL)
+
+    with IPRoute(netns=ns, flags=0) as ipr:
+        vxlan = link(ipr, VX)
+    assert vxlan_attr(vxlan, "id") == VNI
+    assert vxlan_attr(vxlan, "learning") == 0
+
+
+@pytest.mark.parametrize(("attr", "value"), [("vxlan_local", "192.0.2.99"), ("vxlan_port", 8472)])
+def test_ensure_network_recreates_vxlan_with_wrong_local_or_port(
+    dataplane: Dataplane, ns: str, attr: str, value: object
+) -> None:
+    settings = {"vxlan_id": VNI, "vxlan_local": LOCAL, "vxlan_port": 4789, "vxlan_learning": 1} | {
+        attr: value
+    }
+    with IPRoute(netns=ns, flags=0) as ipr:
+        ipr.link("add", ifname=VX, kind="vxlan", **settings)
+
+    dataplane.ensure_network(VNI, 1450, LOCAL)
+
+    with IPRoute(netns=ns, flags=0) as ipr:
+        vxlan = link(ipr, VX)
+    assert (vxlan_attr(vxlan, "local"), vxlan_attr(vxlan, "port")) == (LOCAL, 4789)
+    assert vxlan_attr(vxlan, "learning") == 0
+
+
+def test_ensure_network_fixes_wrong_kind_stp_mtu_address_and_down_bridge(
+    dataplane: Dataplane, ns: str
+) -> None:
+    with IPRoute(netns=ns, flags=0) as ipr:
+        ipr.link("add", ifname=VX, kind="veth", peer="stray0")  # wrong kind
+        ipr.link("add", ifname=BR, kind="bridge", br_stp_state=1, mtu=1500)
+        index = ipr.link_lookup(ifname=BR)[0]
+        ipr.addr("add", index=index, address="10.99.0.1", prefixlen=24)
+
+    dataplane.ensure_network(VNI, 1400, LOCAL)
+
+    with IPRoute(netns=ns, flags=0) as ipr:
+        bridge = link(ipr, BR)
+        vxlan = link(ipr, VX)
+        addresses = ipr.addr("dump", index=index)
+    assert bridge["index"] == index  # adopted, not recreated
+    assert bridge.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_BR_STP_STATE") == 0
+    assert bridge.get("mtu") == 1400 and bridge["flags"] & IFF_UP
+    assert not addresses
+    assert vxlan.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "vxlan"
+
+
+def test_ensure_network_reattaches_a_detached_vxlan(dataplane: Dataplane, ns: str) -> None:
+    dataplane.ensure_network(VNI, 1450, LOCAL)
+    with IPRoute(netns=ns, flags=0) as ipr:
+        index = link(ipr, VX)["index"]
+        ipr.link("set", index=index, master=0)
+        ipr.link("set", index=index, state="down")
+
+    dataplane.ensure_network(VNI, 1450, LOCAL)
+
+    with IPRoute(netns=ns, flags=0) as ipr:
+        vxlan = link(ipr, VX)
+        assert vxlan.get("master") == link(ipr, BR)["index"]
+    assert vxlan["flags"] & IFF_UP
+
+
+def test_ensure_network_names_the_device_when_the_vni_is_taken(dataplane: Dataplane, ns: str) -> None:
+    with IPRoute(netns=ns, flags=0) as ipr:
+        ipr.link("add", ifname="foreign0", kind="vxlan", vxlan_id=VNI, vxlan_local=LOCAL, vxlan_port=4789)
+
+    with pytest.raises(DataplaneError, match=VX):
+        dataplane.ensure_network(VNI, 1450, LOCAL)
+
+
+def test_ensure_network_restores_a_missing_rule_without_duplicates(dataplane: Dataplane, ns: str) -> None:
+    dataplane.ensure_network(VNI, 1450, LOCAL)
+    delete_forward_rules(VNI, ns)
+    assert pyoverlay_rules(ns) == []
+    in_netns(ns, "iptables", "-w", "-A", "FORWARD", *forward_rule(VNI))  # a copy at the bottom too
+    in_netns(ns, "iptables", "-w", "-A", "FORWARD", *forward_rule(VNI))
+
+    dataplane.ensure_network(VNI, 1450, LOCAL)
+
+    assert len(pyoverlay_rules(ns)) == 1
+
+
+def test_forward_rule_goes_above_existing_rules(dataplane: Dataplane, ns: str) -> None:
+    in_netns(ns, "iptables", "-w", "-A", "FORWARD", "-j", "DROP")  # like a chain dockerd would add
+
+    dataplane.ensure_network(VNI, 1450, LOCAL)
+
+    rules = [rule for rule in in_netns(ns, "iptables", "-w", "-S", "FORWARD").stdout.splitlines()]
+    assert f"pyoverlay vni {VNI}" in rules[1]  # rules[0] is the policy line
+    in_netns(ns, "iptables", "-w", "-D", "FORWARD", "-j", "DROP")
+
+
+def test_delete_network_leaves_no_device_and_no_rule(dataplane: Dataplane, ns: str) -> None:
+    dataplane.ensure_network(VNI, 1450, LOCAL)
+    dataplane.ensure_network(VNI + 1, 1450, LOCAL)
+
+    dataplane.delete_network(VNI)
+    dataplane.delete_network(VNI)  # idempotent
+
+    assert pyoverlay_links(ns) == {bridge_name(VNI + 1), vxlan_name(VNI + 1)}
+    assert pyoverlay_rules(ns) == [RULE.replace(str(VNI), str(VNI + 1))]
+    assert dataplane.network_vnis() == {VNI + 1}
+    dataplane.delete_network(VNI + 1)
+    assert pyoverlay_links(ns) == set()
+    assert pyoverlay_rules(ns) == []
+
+
+def test_network_vnis_sees_half_built_networks(dataplane: Dataplane, ns: str) -> None:
+    with IPRoute(netns=ns, flags=0) as ipr:
+        ipr.link("add", ifname=bridge_name(VNI + 77), kind="bridge")
+        ipr.link("add", ifname=vxlan_name(VNI + 78), kind="vxlan", vxlan_id=VNI + 78)
+        ipr.link("add", ifname="pobr0x", kind="bridge")  # not ours: no VNI in the name
+    assert dataplane.network_vnis() == {VNI + 77, VNI + 78}
+
+
+def test_ensure_network_from_many_threads_at_once(dataplane: Dataplane, ns: str) -> None:
+    errors: list[BaseException] = []
+
+    def worker(vni: int) -> None:
+        try:
+            dataplane.ensure_network(vni, 1450, LOCAL)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(VNI + 100 + i % 3,)) for i in range(9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert dataplane.network_vnis() == {VNI + 100, VNI + 101, VNI + 102}
+    assert len(pyoverlay_rules(ns)) == 3
+
+
+def test_invalid_vni_is_rejected(dataplane: Dataplane) -> None:
+    with pytest.raises(ValueError):
+        dataplane.ensure_network(0, 1450, LOCAL)
+    with pytest.raises(ValueError):
+        dataplane.delete_network(1 << 24)
+
+
+def test_dataplane_in_a_missing_namespace_fails_clearly() -> None:
+    with Dataplane(netns="pyo-nl-does-not-exist") as dp, pytest.raises(DataplaneError, match="netns"):
+        dp.network_vnis()
+
+
+def test_local_address_must_be_ipv4(dataplane: Dataplane, ns: str) -> None:
+    with pytest.raises(DataplaneError, match=f"{VX}: create vxlan: local 'fd00::1' is not IPv4"):
+        dataplane.ensure_network(VNI, 1450, "fd00::1")
+    assert pyoverlay_links(ns) == set()
