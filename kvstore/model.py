@@ -17,6 +17,10 @@ class NotFound(StoreError):
     pass
 
 
+class InvalidRequest(StoreError):
+    """A malformed argument: a CIDR or address that does not parse, an ip_range outside its subnet, …"""
+
+
 class Conflict(StoreError):
     """The request contradicts what the store holds (overlapping pool, address taken, …)."""
 
@@ -40,7 +44,8 @@ def _record(cls, data: dict[str, Any]):
 
 @dataclass(frozen=True)
 class Pool:
-    """An IPv4 pool. ``pool_id`` is the subnet in CIDR form: the same subnet gives the same PoolID on every host."""
+    """An IPv4 pool. ``pool_id`` is the subnet in CIDR form: the same subnet gives the same PoolID on
+    every host."""
 
     pool_id: str
     subnet: str

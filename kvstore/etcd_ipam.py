@@ -1,0 +1,223 @@
+"""Pools and addresses on etcd: the IPAM half of EtcdStore, and the compare-and-swap retry loop both
+halves use. Policies: docs/kvstore.md.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from . import alloc
+from .etcd_conn import OPS, EtcdConnection
+from .etcd_keys import (
+    POOLS_INDEX,
+    address_prefix,
+    cursor_key,
+    dump,
+    owner_prefix,
+    pool_key,
+    range_delete,
+    unchanged,
+)
+from .model import GATEWAY_OWNER, Conflict, Exhausted, NotFound, Pool, StoreUnavailable
+
+T = TypeVar("T")
+MAX_ATTEMPTS = 64
+TAKEN_CACHE_SECONDS = 30.0
+RETRY: Any = object()  # what an attempt returns when its transaction lost a race
+
+
+class EtcdIpam:
+    def __init__(self, conn: EtcdConnection) -> None:
+        self._conn = conn
+        # pool_id -> (pool create_revision, listed at, reserved addresses): see _taken()
+        self._taken_cache: dict[str, tuple[int, float, set[int]]] = {}
+        self._taken_lock = threading.Lock()
+
+    def _retry(self, what: str, attempt: Callable[[int], T]) -> T:
+        for n in range(MAX_ATTEMPTS):
+            result = attempt(n)
+            if result is not RETRY:
+                return result
+            time.sleep(random.uniform(0, min(0.05, 0.002 * (n + 1))))  # spread out racing writers
+        raise StoreUnavailable(f"gave up {what} after {MAX_ATTEMPTS} conflicting attempts; try again")
+
+    def _txn(self, compare: list[Any], success: list[Any], failure: list[Any] | None = None) -> Any:
+        ok, responses = self._conn.txn(compare, success, failure or [])
+        return responses if ok else RETRY
+
+    # -- pools --------------------------------------------------------------------------------------
+    def request_pool(
+        self, host_id: str, subnet: str | None, ip_range: str | None, default_range: str, prefixlen: int
+    ) -> Pool:
+        def attempt(_: int) -> Pool:
+            [index] = self._conn.get(POOLS_INDEX)
+            pools: dict[str, str | None] = index[0].get("pools", {}) if index else {}
+            key, rng = alloc.plan_pool(subnet, ip_range, default_range, prefixlen, pools)
+            if key in pools:
+                [current] = self._conn.get(pool_key(key))
+                if current is None:
+                    return RETRY  # released under our feet; the index is gone too by now
+                pool = Pool.from_json(current[0])
+                if host_id in pool.holders:
+                    return pool
+                pool = replace(pool, holders=(*pool.holders, host_id))
+                done = self._txn([unchanged(pool_key(key), current)], [OPS.put(pool_key(key), dump(pool))])
+                return RETRY if done is RETRY else pool
+            pool = Pool(pool_id=key, subnet=key, ip_range=rng, holders=(host_id,))
+            done = self._txn(
+                [unchanged(POOLS_INDEX, index), OPS.version(pool_key(key)) == 0],
+                [
+                    OPS.put(POOLS_INDEX, dump({"pools": {**pools, key: rng}})),
+                    OPS.put(pool_key(key), dump(pool)),
+                ],
+            )
+            return RETRY if done is RETRY else pool
+
+        return self._retry("claiming a pool", attempt)
+
+    def get_pool(self, pool_id: str) -> Pool:
+        [current] = self._conn.get(pool_key(pool_id))
+        if current is None:
+            raise NotFound(f"pool {pool_id} not found")
+        return Pool.from_json(current[0])
+
+    def release_pool(self, host_id: str, pool_id: str) -> None:
+        def attempt(_: int) -> None:
+            index, current = self._conn.get(POOLS_INDEX, pool_key(pool_id))
+            if current is None:
+                return None
+            pool = Pool.from_json(current[0])
+            if host_id not in pool.holders:
+                return None
+            holders = tuple(h for h in pool.holders if h != host_id)
+            if holders:
+                ops = [OPS.put(pool_key(pool_id), dump(replace(pool, holders=holders)))]
+                return self._txn([unchanged(pool_key(pool_id), current)], ops)
+            pools = {k: v for k, v in (index[0].get("pools", {}) if index else {}).items() if k != pool_id}
+            return self._txn(
+                [unchanged(pool_key(pool_id), current), unchanged(POOLS_INDEX, index)],
+                [
+                    OPS.put(POOLS_INDEX, dump({"pools": pools})),
+                    OPS.delete(pool_key(pool_id)),
+                    OPS.delete(cursor_key(pool_id)),
+                    range_delete(address_prefix(pool_id)),
+                    range_delete(owner_prefix(pool_id)),
+                ],
+            )
+
+        self._retry("releasing a pool", attempt)
+
+    # -- addresses ----------------------------------------------------------------------------------
+    def _taken(self, pool_id: str, pool_revision: int, refresh: bool) -> set[int]:
+        """The pool's reserved addresses as this process last listed them. Only a hint: the
+        transaction is the real check, and a stale set costs one lost race per missing address."""
+        with self._taken_lock:
+            cached = self._taken_cache.get(pool_id)
+        if (
+            not refresh
+            and cached is not None
+            and cached[0] == pool_revision
+            and time.monotonic() - cached[1] < TAKEN_CACHE_SECONDS
+        ):
+            return cached[2]
+        items, _ = self._conn.prefix(address_prefix(pool_id), keys_only=True)
+        taken = alloc.address_ints(key.rsplit("/", 1)[1] for key, _ in items)
+        with self._taken_lock:
+            self._taken_cache[pool_id] = (pool_revision, time.monotonic(), taken)
+        return taken
+
+    def reserve_address(self, pool_id: str, owner: str, host_id: str, address: str | None = None) -> str:
+        wanted = str(alloc.parse_address(address)) if address is not None else None
+        owner_key = owner_prefix(pool_id) + owner
+        listed = False  # whether this call has read the full address list already
+
+        def attempt(n: int) -> str:
+            nonlocal listed
+            pool_kv, owner_kv, cursor_kv = self._conn.get(pool_key(pool_id), owner_key, cursor_key(pool_id))
+            if pool_kv is None:
+                raise NotFound(f"pool {pool_id} not found")
+            pool, pool_revision = Pool.from_json(pool_kv[0]), pool_kv[1].create_revision
+            if owner_kv is not None:  # a retry, or the gateway asked for again by another host
+                held = owner_kv[0]["address"]
+                if wanted is None or wanted == held:
+                    return held
+                raise Conflict(f"{owner} already holds address {held} in pool {pool_id}, not {wanted}")
+            if wanted is not None:
+                candidate = str(alloc.check_requested_address(pool.subnet, wanted))
+            else:
+                after = cursor_kv[0].get("address") if cursor_kv else None
+                refresh = n > 0 and n % 8 == 0  # losing race after race: others hold much we miss
+                taken = self._taken(pool_id, pool_revision, refresh)
+                listed = listed or refresh
+                # First try: strict round-robin. After a lost race: a random one of the next few, so
+                # that racing writers stop colliding on the same address.
+                limit = 1 if n == 0 else 16
+                try:
+                    free = alloc.free_addresses(pool.subnet, pool.ip_range, taken, after, limit)
+                except Exhausted:
+                    if listed:
+                        raise
+                    listed = True  # addresses freed elsewhere are missing from a cached list
+                    taken = self._taken(pool_id, pool_revision, refresh=True)
+                    free = alloc.free_addresses(pool.subnet, pool.ip_range, taken, after, limit)
+                candidate = str(random.choice(free))
+            address_key = address_prefix(pool_id) + candidate
+            success = [
+                OPS.put(address_key, dump({"owner": owner, "host_id": host_id})),
+                OPS.put(owner_key, dump({"address": candidate})),
+            ]
+            if wanted is None:
+                success.append(OPS.put(cursor_key(pool_id), dump({"address": candidate})))
+            ok, responses = self._conn.txn(
+                [
+                    OPS.create(pool_key(pool_id)) == pool_revision,
+                    OPS.version(address_key) == 0,
+                    OPS.version(owner_key) == 0,
+                ],
+                success,
+                [OPS.get(address_key)],
+            )
+            self._note_taken(pool_id, candidate, taken=True)  # ours now, or someone else's
+            if ok:
+                return candidate
+            holder = responses[0][0][0].get("owner") if responses and responses[0] else None
+            if wanted is not None and holder not in (None, owner):
+                raise Conflict(f"address {wanted} is already in use in pool {pool_id}")
+            return RETRY
+
+        return self._retry(f"reserving an address in pool {pool_id}", attempt)
+
+    def _note_taken(self, pool_id: str, address: str, taken: bool) -> None:
+        with self._taken_lock:
+            cached = self._taken_cache.get(pool_id)
+            if cached is not None:
+                value = alloc.address_ints([address]).pop()
+                if taken:
+                    cached[2].add(value)
+                else:
+                    cached[2].discard(value)
+
+    def release_address(self, pool_id: str, address: str) -> None:
+        freed = str(alloc.parse_address(address))
+        key = address_prefix(pool_id) + freed
+
+        def attempt(_: int) -> None:
+            [current] = self._conn.get(key)
+            if current is None or current[0].get("owner") == GATEWAY_OWNER:
+                return None  # the gateway goes with the pool
+            owner_key = owner_prefix(pool_id) + current[0]["owner"]
+            if self._txn([unchanged(key, current)], [OPS.delete(key), OPS.delete(owner_key)]) is RETRY:
+                return RETRY
+            self._note_taken(pool_id, freed, taken=False)
+            return None
+
+        self._retry(f"releasing address {address}", attempt)
+
+    def list_addresses(self, pool_id: str) -> dict[str, str]:
+        items, _ = self._conn.prefix(address_prefix(pool_id))
+        return {key.rsplit("/", 1)[1]: data["owner"] for key, (data, _) in items}

@@ -1,0 +1,75 @@
+"""The etcd key layout (docs/kvstore.md) and small builders for values and transaction compares."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .etcd_conn import OPS, Kv, prefix_range_end
+from .model import SCHEMA_VERSION, InvalidRequest
+
+ROOT = "/pyoverlay/v1/"
+TOPOLOGY = ROOT + "topology/"  # networks and endpoints only: the one prefix reconcilers watch
+NETWORKS = TOPOLOGY + "networks/"
+ENDPOINTS = TOPOLOGY + "endpoints/"
+# Every pool's subnet and ip_range in one key. Claiming a pool compares this key's mod_revision, so
+# two hosts carving or claiming overlapping subnets at once cannot both commit: non-overlap is checked
+# against a complete, current list. Pool claims are rare, so serialising them costs nothing.
+POOLS_INDEX = ROOT + "pools-index"
+HOSTS = ROOT + "hosts/"
+VNIS = ROOT + "vnis/"
+
+
+def pool_key(pool_id: str) -> str:
+    return f"{ROOT}pools/{pool_id}"
+
+
+def address_prefix(pool_id: str) -> str:
+    return f"{ROOT}addresses/{pool_id}/"
+
+
+def owner_prefix(pool_id: str) -> str:
+    return f"{ROOT}owners/{pool_id}/"
+
+
+def cursor_key(pool_id: str) -> str:
+    return f"{ROOT}cursors/{pool_id}"
+
+
+def pool_network_key(pool_id: str) -> str:
+    return f"{ROOT}pool-networks/{pool_id}"
+
+
+def binding_key(host_id: str, docker_network_id: str) -> str:
+    return f"{ROOT}bindings/{host_id}/{docker_network_id}"
+
+
+def network_hosts_prefix(network_id: str) -> str:
+    return f"{ROOT}network-hosts/{network_id}/"
+
+
+def endpoint_key(network_id: str, endpoint_id: str) -> str:
+    return f"{ENDPOINTS}{network_id}/{endpoint_id}"
+
+
+def endpoint_index_key(endpoint_id: str) -> str:
+    return f"{ROOT}endpoint-ids/{endpoint_id}"
+
+
+def dump(record: Any) -> str:
+    return json.dumps(record.to_json() if hasattr(record, "to_json") else {"v": SCHEMA_VERSION, **record})
+
+
+def segment(value: str, what: str) -> str:
+    if not value or "/" in value:
+        raise InvalidRequest(f"{what} {value!r} must be non-empty and contain no '/'")
+    return value
+
+
+def unchanged(key: str, kv: Kv | None) -> Any:
+    """A compare that holds if ``key`` is as read: absent, or not modified since."""
+    return OPS.version(key) == 0 if kv is None else OPS.mod(key) == kv[1].mod_revision
+
+
+def range_delete(prefix: str) -> Any:
+    return OPS.delete(prefix, range_end=prefix_range_end(prefix.encode()))

@@ -1,0 +1,68 @@
+"""Fixtures for the store contract: one ``store`` per implementation, and a shared etcd server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from kvstore import Store
+from kvstore.etcd_store import EtcdStore
+from kvstore.sqlite_store import SqliteStore
+from tests.etcd_server import EtcdServer, etcd_available
+
+StoreFactory = Callable[[], Store]
+
+
+def require_etcd() -> None:
+    """Skip without /usr/bin/etcd, except in CI where a missing etcd is a broken runner."""
+    if etcd_available():
+        return
+    if os.environ.get("CI"):
+        pytest.fail("/usr/bin/etcd is missing on a CI runner: install etcd-server")
+    pytest.skip("/usr/bin/etcd is not installed")
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdServer]:
+    """One etcd for the session; tests that stop or kill etcd start their own EtcdServer."""
+    require_etcd()
+    with EtcdServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_etcd() -> Iterator[EtcdServer]:
+    """An etcd of the test's own, for tests that kill or restart it."""
+    require_etcd()
+    with EtcdServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def make_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[StoreFactory]:
+    """Opens another store on the same state: a second host, or the same host after a restart."""
+    opened: list[Store] = []
+    if request.param == "etcd":
+        server: EtcdServer = request.getfixturevalue("etcd_server")
+        server.etcdctl("del", "--prefix", "/pyoverlay/")
+
+        def factory() -> Store:
+            opened.append(EtcdStore([server.endpoint]))
+            return opened[-1]
+
+    else:
+
+        def factory() -> Store:
+            opened.append(SqliteStore(str(tmp_path / "state" / "nested")))
+            return opened[-1]
+
+    yield factory
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> Store:
+    return make_store()

@@ -1,0 +1,296 @@
+"""The Store contract (kvstore/base.py docstrings), run against SqliteStore and EtcdStore alike."""
+
+from __future__ import annotations
+
+import time
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from kvstore import (
+    GATEWAY_OWNER,
+    Conflict,
+    Endpoint,
+    Exhausted,
+    Host,
+    InvalidRequest,
+    Network,
+    NotFound,
+    Store,
+)
+from kvstore.alloc import VNI_MAX, VNI_MIN
+
+RANGE = "10.200.0.0/16"
+
+
+def pool(store: Store, subnet: str | None, host: str = "h1", ip_range: str | None = None, size: int = 24):
+    return store.request_pool(host, subnet, ip_range, RANGE, size)
+
+
+def network(store: Store, host: str, docker_id: str, pool_id: str | None = None) -> Network:
+    return store.create_network(host, docker_id, Network(network_id=docker_id, vni=0, pool_id=pool_id))
+
+
+def endpoint(eid: str, network_id: str, host: str, mac: str = "02:00:00:00:00:01") -> Endpoint:
+    return Endpoint(eid, network_id, host, vtep="192.0.2.1", mac=mac, address="10.1.0.5/24")
+
+
+# -- hosts ------------------------------------------------------------------------------------------
+def test_hosts_register_refresh_and_expire(store: Store) -> None:
+    store.register_host(Host("h1", "192.0.2.1", "one"), ttl=30)
+    store.register_host(Host("h2", "192.0.2.2"), ttl=1)
+    store.register_host(Host("h1", "192.0.2.11", "one"), ttl=30)  # refresh with a new address
+    assert {h.host_id: h.address for h in store.list_hosts()} == {"h1": "192.0.2.11", "h2": "192.0.2.2"}
+    deadline = time.monotonic() + 8  # etcd rounds a 1 s lease up to its minimum (2 s)
+    while len(store.list_hosts()) == 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [h.host_id for h in store.list_hosts()] == ["h1"]
+    store.register_host(Host("h2", "192.0.2.2"), ttl=30)  # back after expiry
+    assert len(store.list_hosts()) == 2
+
+
+# -- pools ------------------------------------------------------------------------------------------
+def test_same_subnet_gives_same_pool_on_every_host(make_store) -> None:
+    a, b = make_store(), make_store()
+    first = pool(a, "10.1.0.0/24", "h1")
+    again = pool(a, "10.1.0.0/24", "h1")  # a retried request
+    other = pool(b, "10.1.0.0/24", "h2")
+    assert first.pool_id == again.pool_id == other.pool_id == "10.1.0.0/24"
+    assert other.holders == ("h1", "h2")
+    assert a.get_pool("10.1.0.0/24").holders == ("h1", "h2")
+
+
+def test_pool_conflicts_and_bad_input(store: Store) -> None:
+    pool(store, "10.1.0.0/16", ip_range="10.1.4.0/24")
+    with pytest.raises(Conflict, match="overlaps pool 10.1.0.0/16"):
+        pool(store, "10.1.2.0/24")
+    with pytest.raises(Conflict, match="overlaps"):
+        pool(store, "10.0.0.0/8")
+    with pytest.raises(Conflict, match="ip range"):
+        pool(store, "10.1.0.0/16", "h2", ip_range="10.1.5.0/24")
+    with pytest.raises(Conflict, match="ip range"):
+        pool(store, "10.1.0.0/16", "h2")
+    assert pool(store, "10.1.0.0/16", "h2", ip_range="10.1.4.0/24").holders == ("h1", "h2")
+    for subnet, ip_range in [("10.300.0.0/24", None), ("10.2.0.1/24", None), ("10.2.0.0/24", "10.3.0.0/28")]:
+        with pytest.raises(InvalidRequest):
+            pool(store, subnet, ip_range=ip_range)
+    with pytest.raises(NotFound):
+        store.get_pool("10.9.0.0/24")
+
+
+def test_default_range_carving(store: Store) -> None:
+    pool(store, "10.200.1.0/24")  # claimed by hand: carving goes around it
+    carved = [pool(store, None).subnet for _ in range(3)]
+    assert carved == ["10.200.0.0/24", "10.200.2.0/24", "10.200.3.0/24"]
+    nets = [IPv4Network(s) for s in [*carved, "10.200.1.0/24"]]
+    assert not any(x.overlaps(y) for i, x in enumerate(nets) for y in nets[i + 1 :])
+    small = [store.request_pool("h1", None, None, "10.201.0.0/29", 30).subnet for _ in range(2)]
+    assert small == ["10.201.0.0/30", "10.201.0.4/30"]
+    with pytest.raises(Exhausted):
+        store.request_pool("h1", None, None, "10.201.0.0/29", 30)
+
+
+def test_release_pool_by_last_holder_deletes_it(make_store) -> None:
+    a, b = make_store(), make_store()
+    p = pool(a, "10.1.0.0/24", "h1")
+    pool(b, "10.1.0.0/24", "h2")
+    a.reserve_address(p.pool_id, GATEWAY_OWNER, "h1")
+    a.reserve_address(p.pool_id, "02:00:00:00:00:01", "h1")
+    a.release_pool("h3", p.pool_id)  # not a holder
+    a.release_pool("h1", "10.9.0.0/24")  # unknown
+    a.release_pool("h1", p.pool_id)
+    assert b.get_pool(p.pool_id).holders == ("h2",)
+    assert len(b.list_addresses(p.pool_id)) == 2
+    b.release_pool("h2", p.pool_id)
+    with pytest.raises(NotFound):
+        a.get_pool(p.pool_id)
+    assert a.list_addresses(p.pool_id) == {}
+    again = pool(a, "10.1.0.0/24", "h1", ip_range="10.1.0.128/25")  # free for a new shape
+    assert a.reserve_address(again.pool_id, "02:00:00:00:00:01", "h1") == "10.1.0.128"
+
+
+# -- addresses --------------------------------------------------------------------------------------
+def test_addresses_round_robin_and_specific(store: Store) -> None:
+    p = pool(store, "10.1.0.0/24")
+    assert store.reserve_address(p.pool_id, GATEWAY_OWNER, "h1") == "10.1.0.1"
+    assert store.reserve_address(p.pool_id, "m2", "h1") == "10.1.0.2"
+    assert store.reserve_address(p.pool_id, "m3", "h1") == "10.1.0.3"
+    store.release_address(p.pool_id, "10.1.0.2")
+    assert store.reserve_address(p.pool_id, "m4", "h1") == "10.1.0.4"  # after the last one, not .2
+    assert store.reserve_address(p.pool_id, "m9", "h1", "10.1.0.9") == "10.1.0.9"
+    assert store.reserve_address(p.pool_id, "m9", "h1", "10.1.0.9") == "10.1.0.9"  # retry
+    assert store.reserve_address(p.pool_id, "m9", "h1") == "10.1.0.9"  # owner already holds one
+    with pytest.raises(Conflict, match="already in use"):
+        store.reserve_address(p.pool_id, "m5", "h1", "10.1.0.9")
+    with pytest.raises(Conflict, match="already holds"):
+        store.reserve_address(p.pool_id, "m9", "h1", "10.1.0.10")
+    for bad, why in [("10.1.1.5", "outside"), ("10.1.0.0", "network"), ("10.1.0.255", "broadcast")]:
+        with pytest.raises(Conflict, match=why):
+            store.reserve_address(p.pool_id, "m6", "h1", bad)
+    with pytest.raises(InvalidRequest, match="10.1.0.300 is not an IPv4 address"):
+        store.reserve_address(p.pool_id, "m6", "h1", "10.1.0.300")
+    with pytest.raises(NotFound):
+        store.reserve_address("10.9.0.0/24", "m6", "h1")
+    assert store.list_addresses(p.pool_id) == {
+        "10.1.0.1": GATEWAY_OWNER,
+        "10.1.0.3": "m3",
+        "10.1.0.4": "m4",
+        "10.1.0.9": "m9",
+    }
+    assert store.list_addresses("10.9.0.0/24") == {}
+
+
+def test_ip_range_and_exhaustion(store: Store) -> None:
+    p = pool(store, "10.1.0.0/24", ip_range="10.1.0.252/30")
+    got = [store.reserve_address(p.pool_id, f"m{i}", "h1") for i in range(3)]
+    assert got == ["10.1.0.252", "10.1.0.253", "10.1.0.254"]  # .255 is the subnet's broadcast
+    with pytest.raises(Exhausted, match="has no free address"):
+        store.reserve_address(p.pool_id, "m4", "h1")
+    assert store.reserve_address(p.pool_id, "m5", "h1", "10.1.0.7") == "10.1.0.7"  # outside the range
+    tiny = pool(store, "10.2.0.0/30")
+    assert [store.reserve_address(tiny.pool_id, o, "h1") for o in ("a", "b")] == ["10.2.0.1", "10.2.0.2"]
+    with pytest.raises(Exhausted):
+        store.reserve_address(tiny.pool_id, "c", "h1")
+    store.release_address(tiny.pool_id, "10.2.0.1")
+    assert store.reserve_address(tiny.pool_id, "c", "h1") == "10.2.0.1"  # wraps around
+
+
+def test_gateway_is_shared_and_outlives_release_address(make_store) -> None:
+    a, b = make_store(), make_store()
+    p = pool(a, "10.1.0.0/24", "h1")
+    pool(b, "10.1.0.0/24", "h2")
+    gw = a.reserve_address(p.pool_id, GATEWAY_OWNER, "h1")
+    assert b.reserve_address(p.pool_id, GATEWAY_OWNER, "h2") == gw
+    assert b.reserve_address(p.pool_id, GATEWAY_OWNER, "h2", gw) == gw
+    b.release_address(p.pool_id, gw)
+    b.release_address(p.pool_id, "10.1.0.77")  # free: no-op
+    b.release_address("10.9.0.0/24", "10.9.0.1")  # unknown pool: no-op
+    assert a.list_addresses(p.pool_id) == {gw: GATEWAY_OWNER}
+
+
+# -- networks ---------------------------------------------------------------------------------------
+def test_network_create_bind_and_lookups(make_store) -> None:
+    a, b = make_store(), make_store()
+    p = pool(a, "10.1.0.0/24", "h1")
+    created = network(a, "h1", "dockA", p.pool_id)
+    assert VNI_MIN <= created.vni <= VNI_MAX and created.created_by == "h1"
+    assert network(a, "h1", "dockA", p.pool_id) == created  # retry
+    bound = network(b, "h2", "dockB", p.pool_id)  # the same network seen from host 2
+    assert (bound.network_id, bound.vni) == ("dockA", created.vni)
+    with pytest.raises(Conflict, match="already binds Docker network dockB"):
+        network(b, "h2", "dockC", p.pool_id)
+    assert b.network_for("h2", "dockB").network_id == "dockA"
+    assert a.bindings("h1") == {"dockA": "dockA"} and b.bindings("h2") == {"dockB": "dockA"}
+    with pytest.raises(NotFound):
+        a.network_for("h1", "dockB")
+    with pytest.raises(NotFound):
+        a.get_network("nope")
+    b.set_network_name("dockA", "blue")
+    b.set_network_name("nope", "red")  # unknown: no-op
+    assert a.get_network("dockA").name == "blue"
+    assert [n.network_id for n in a.list_networks()] == ["dockA"]
+    plain = network(a, "h1", "dockD")  # Docker's default IPAM: no pool
+    assert plain.pool_id is None and plain.vni != created.vni
+
+
+def test_delete_network_with_remote_endpoints_conflicts(make_store) -> None:
+    a, b = make_store(), make_store()
+    p = pool(a, "10.1.0.0/24", "h1")
+    net = network(a, "h1", "dockA", p.pool_id)
+    network(b, "h2", "dockB", p.pool_id)
+    b.put_endpoint(endpoint("e2", net.network_id, "h2"))
+    a.put_endpoint(endpoint("e1", net.network_id, "h1"))  # stale local endpoint
+    with pytest.raises(Conflict, match="endpoints on hosts h2"):
+        a.delete_network("h1", "dockA")
+    assert a.bindings("h1") == {"dockA": "dockA"}  # nothing changed
+    assert len(a.list_endpoints(net.network_id)) == 2
+    b.delete_endpoint("e2")
+    a.delete_network("h1", "dockA")
+    a.delete_network("h1", "dockA")  # retry: unknown binding, no-op
+    assert a.bindings("h1") == {}
+    with pytest.raises(NotFound):
+        a.get_network(net.network_id)
+    assert a.list_endpoints() == []
+    b.delete_network("h2", "dockB")  # the other host follows
+    assert b.bindings("h2") == {}
+    again = network(b, "h2", "dockE", p.pool_id)  # the pool can carry a new network
+    assert again.network_id == "dockE" and again.vni == net.vni
+
+
+def test_vnis_are_unique_and_reused(store: Store) -> None:
+    nets = [network(store, "h1", f"d{i}") for i in range(5)]
+    vnis = [n.vni for n in nets]
+    assert vnis == list(range(VNI_MIN, VNI_MIN + 5))
+    store.delete_network("h1", "d2")
+    assert network(store, "h1", "d9").vni == vnis[2]
+
+
+# -- endpoints --------------------------------------------------------------------------------------
+def test_endpoint_crud(store: Store) -> None:
+    net = network(store, "h1", "dockA")
+    other = network(store, "h1", "dockB")
+    with pytest.raises(NotFound):
+        store.put_endpoint(endpoint("e1", "nope", "h1"))
+    e1 = store.put_endpoint(endpoint("e1", net.network_id, "h1"))
+    store.put_endpoint(endpoint("e2", other.network_id, "h1"))
+    assert store.get_endpoint("e1") == e1
+    renamed = store.put_endpoint(Endpoint(**{**e1.__dict__, "container_name": "web"}))
+    assert store.get_endpoint("e1").container_name == "web" == renamed.container_name
+    assert [e.endpoint_id for e in store.list_endpoints()] == ["e1", "e2"]
+    assert [e.endpoint_id for e in store.list_endpoints(other.network_id)] == ["e2"]
+    store.delete_endpoint("e1")
+    store.delete_endpoint("e1")
+    with pytest.raises(NotFound):
+        store.get_endpoint("e1")
+    assert [e.endpoint_id for e in store.list_endpoints()] == ["e2"]
+
+
+# -- snapshot and watch -----------------------------------------------------------------------------
+def test_snapshot_then_watch(store: Store) -> None:
+    net = network(store, "h1", "dockA")
+    store.put_endpoint(endpoint("e0", net.network_id, "h1"))
+    networks, endpoints, rev = store.snapshot()
+    assert [n.network_id for n in networks] == ["dockA"] and [e.endpoint_id for e in endpoints] == ["e0"]
+    store.put_endpoint(endpoint("e1", net.network_id, "h1"))
+    store.set_network_name(net.network_id, "blue")
+    store.delete_endpoint("e0")
+    pool(store, "10.1.0.0/24")  # not a network or endpoint change: not in the watch
+    started = time.monotonic()
+    events = list(store.watch(rev + 1, timeout=1.0))
+    assert time.monotonic() - started < 5
+    assert [(e.kind, e.action, e.key_id) for e in events] == [
+        ("endpoint", "put", "e1"),
+        ("network", "put", "dockA"),
+        ("endpoint", "delete", "e0"),
+    ]
+    assert events[1].record.name == "blue" and events[2].record is None
+    assert all(rev < x.revision < y.revision for x, y in zip(events, events[1:], strict=False))
+    later = list(store.watch(events[-1].revision + 1, timeout=0.3))
+    assert later == []
+
+
+def test_watch_sees_writes_of_another_instance(make_store) -> None:
+    a, b = make_store(), make_store()
+    _, _, rev = a.snapshot()
+    watch = a.watch(rev + 1, timeout=5)
+    network(b, "h2", "dockB")
+    first = next(watch)
+    assert (first.kind, first.action, first.key_id) == ("network", "put", "dockB")
+    watch.close()
+
+
+def test_state_survives_reopen(make_store) -> None:
+    first = make_store()
+    p = pool(first, "10.1.0.0/24")
+    gw = first.reserve_address(p.pool_id, GATEWAY_OWNER, "h1")
+    net = network(first, "h1", "dockA", p.pool_id)
+    first.put_endpoint(endpoint("e1", net.network_id, "h1"))
+    _, _, rev = first.snapshot()
+    first.close()
+    reopened = make_store()
+    assert reopened.get_pool(p.pool_id) == p
+    assert reopened.list_addresses(p.pool_id) == {gw: GATEWAY_OWNER}
+    assert reopened.network_for("h1", "dockA") == net
+    assert reopened.get_endpoint("e1").network_id == net.network_id
+    assert reopened.snapshot()[2] == rev
+    assert reopened.reserve_address(p.pool_id, "m1", "h1") == str(IPv4Address(gw) + 1)
