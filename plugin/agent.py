@@ -13,14 +13,13 @@ from driver import Dataplane
 from driver.underlay import default_route_address, mtu_for_address
 from kvstore import Host, Network, Store, StoreError, open_store
 
+from .docker_sync import DockerSync
 from .reconciler import Reconciler
 from .services.ipam import IpamService
 from .services.network import NetworkService
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-HOST_TTL = 30  # seconds a host stays "alive" in the store without a refresh
 
 
 def load_host_id(state_dir: str) -> str:
@@ -61,8 +60,15 @@ class Agent:
             embedded=settings.embedded,
         )
         self.ipam = IpamService(self.store, self.host_id, settings.default_pool, settings.default_pool_size)
-        self.reconciler = Reconciler(self.store, self.dataplane, self.host_id, ensure_devices=self._ensure_devices)
-        self.network.on_change = self.reconciler.kick
+        self.docker_sync = DockerSync(self.store, self.host_id, driver_name=settings.driver_name)
+        self.reconciler = Reconciler(
+            self.store,
+            self.dataplane,
+            self.host_id,
+            ensure_devices=self._ensure_devices,
+            on_network_event=self.docker_sync.wake,
+        )
+        self.network.on_change = self._network_changed
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -71,11 +77,25 @@ class Agent:
             network.vni, self.network.mtu_for(network), self.vtep, self.settings.vxlan_port
         )
 
+    def _network_changed(self, network_id: str) -> None:
+        self.reconciler.kick(network_id)
+        self.docker_sync.wake()
+
     def start(self) -> None:
         """Start the background loops (in the serving process, after any fork)."""
-        log.info("agent %s on %s (underlay MTU %d), store %s", self.host_id, self.vtep, self.underlay_mtu,
-                 "etcd " + ",".join(self.settings.etcd_endpoints) if self.settings.etcd_endpoints else "embedded")
-        for name, target in (("reconciler", self.reconciler.run), ("heartbeat", self._heartbeat)):
+        log.info(
+            "agent %s on %s (underlay MTU %d), store %s",
+            self.host_id,
+            self.vtep,
+            self.underlay_mtu,
+            "etcd " + ",".join(self.settings.etcd_endpoints) if self.settings.etcd_endpoints else "embedded",
+        )
+        loops = (
+            ("reconciler", self.reconciler.run),
+            ("docker-sync", self.docker_sync.run),
+            ("heartbeat", self._heartbeat),
+        )
+        for name, target in loops:
             thread = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -84,10 +104,10 @@ class Agent:
         host = Host(host_id=self.host_id, address=self.vtep, hostname=socket.gethostname())
         while not stop.is_set():
             try:
-                self.store.register_host(host, ttl=HOST_TTL)
+                self.store.register_host(host, ttl=self.settings.host_ttl)
             except StoreError as exc:
                 log.warning("cannot register host: %s", exc)
-            stop.wait(HOST_TTL / 3)
+            stop.wait(self.settings.host_ttl / 3)
 
     def stop(self) -> None:
         self._stop.set()

@@ -89,8 +89,12 @@ def create_app(network: NetworkService, ipam: IpamService) -> Flask:
     # NetworkDriver
     route("/NetworkDriver.GetCapabilities", lambda b: network.capabilities())
     route("/NetworkDriver.CreateNetwork", lambda b: network.create_network(m.CreateNetworkRequest.parse(b)))
-    route("/NetworkDriver.DeleteNetwork", lambda b: network.delete_network(m.NetworkRequest.parse(b).network_id))
-    route("/NetworkDriver.CreateEndpoint", lambda b: network.create_endpoint(m.CreateEndpointRequest.parse(b)))
+    route(
+        "/NetworkDriver.DeleteNetwork", lambda b: network.delete_network(m.NetworkRequest.parse(b).network_id)
+    )
+    route(
+        "/NetworkDriver.CreateEndpoint", lambda b: network.create_endpoint(m.CreateEndpointRequest.parse(b))
+    )
     route("/NetworkDriver.DeleteEndpoint", lambda b: network.delete_endpoint(m.EndpointRequest.parse(b)))
     route("/NetworkDriver.EndpointOperInfo", lambda b: network.oper_info(m.EndpointRequest.parse(b)))
     route("/NetworkDriver.Join", lambda b: network.join(m.EndpointRequest.parse(b)))

@@ -22,7 +22,9 @@ _ID = re.compile(r"^[0-9A-Za-z_.-]{1,128}$")
 T = TypeVar("T")
 
 
-def _get(body: dict[str, Any], key: str, kind: type[T], default: T | None = None, required: bool = False) -> T:
+def _get(
+    body: dict[str, Any], key: str, kind: type[T], default: T | None = None, required: bool = False
+) -> T:
     value = body.get(key)
     if value is None:
         if required:
@@ -93,7 +95,9 @@ class CreateNetworkRequest:
             try:
                 mtu = int(generic[MTU_OPTION])
             except ValueError:
-                raise BadRequest(f"option {MTU_OPTION} must be an integer, got {generic[MTU_OPTION]!r}") from None
+                raise BadRequest(
+                    f"option {MTU_OPTION} must be an integer, got {generic[MTU_OPTION]!r}"
+                ) from None
             if not 68 <= mtu <= 65535:
                 raise BadRequest(f"option {MTU_OPTION}={mtu} is outside 68..65535")
         ipv4 = []

@@ -33,7 +33,7 @@ class Reconciler:
         host_id: str,
         ensure_devices: Callable[[Network], None],
         on_network_event: Callable[[str, Network | None], None] = lambda network_id, network: None,
-        watch_timeout: float = 1.0,
+        watch_timeout: float = 0.5,
     ) -> None:
         self.store = store
         self.dataplane = dataplane
@@ -88,16 +88,14 @@ class Reconciler:
 
     def follow(self, revision: int) -> int:
         """Apply watch events from ``revision`` until the watch is idle; return the next revision."""
-        touched: set[str] = set()
         for event in self.store.watch(revision, timeout=self.watch_timeout):
             revision = event.revision + 1
             if event.kind == "endpoint":
                 old = self.endpoints.pop(event.key_id, None)
-                if old:
-                    touched.add(old.network_id)
                 if isinstance(event.record, Endpoint):
                     self.endpoints[event.key_id] = event.record
-                    touched.add(event.record.network_id)
+                for network_id in {e.network_id for e in (old, event.record) if isinstance(e, Endpoint)}:
+                    self.sync(network_id)  # at once: convergence time is what users feel
             elif event.kind == "network":
                 record = event.record if isinstance(event.record, Network) else None
                 if record:
@@ -105,10 +103,7 @@ class Reconciler:
                 else:
                     self.networks.pop(event.key_id, None)
                 self.on_network_event(event.key_id, record)
-            if len(touched) > 32:
-                break  # a burst: program what we have, then go on watching
-        for network_id in touched:
-            self.sync(network_id)
+            self.flush_kicks()
         self.synced.set()
         return revision
 

@@ -46,6 +46,7 @@ class AgentServer(BaseApplication):
         from .agent import Agent
         from .app import create_app
 
+        logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug output is every netlink message
         self.agent = Agent(self.settings)
         return create_app(self.agent.network, self.agent.ipam)
 

@@ -24,6 +24,8 @@ class Settings:
     etcd_cert: str = ""
     etcd_key: str = ""
     workers_threads: int = 8
+    host_ttl: int = 30  # seconds a host counts as alive in the store without a heartbeat
+    driver_name: str = ""  # as `docker network create -d` names us; empty: found out from the daemon
 
     @property
     def embedded(self) -> bool:
@@ -43,6 +45,8 @@ _HELP = {
     "etcd_cert": "client certificate file for etcd TLS",
     "etcd_key": "client key file for etcd TLS",
     "workers_threads": "request threads of the HTTP worker",
+    "host_ttl": "seconds a host stays alive in the store without a heartbeat",
+    "driver_name": "our driver name in Docker (default: the enabled pyoverlay plugin, else pyoverlay)",
 }
 
 
@@ -54,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per setting; defaults come from the environment, then from Settings."""
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=f.name, default=None, help=f"{_HELP[f.name]} (env {_env_name(f.name)})")
+        parser.add_argument(
+            flag, dest=f.name, default=None, help=f"{_HELP[f.name]} (env {_env_name(f.name)})"
+        )
 
 
 def load(args: argparse.Namespace | None = None, env: Mapping[str, str] = os.environ) -> Settings:
@@ -75,7 +81,7 @@ def _validate(raw: dict[str, str]) -> Settings:
         value = value.strip()
         if key == "etcd_endpoints":
             values[key] = tuple(_endpoint(e) for e in value.split(",") if e.strip())
-        elif key in ("default_pool_size", "vxlan_port", "workers_threads"):
+        elif key in ("default_pool_size", "vxlan_port", "workers_threads", "host_ttl"):
             try:
                 values[key] = int(value)
             except ValueError:

@@ -6,9 +6,9 @@ import ipaddress
 import uuid
 from dataclasses import dataclass
 
-from kvstore import GATEWAY_OWNER, Store
+from kvstore import GATEWAY_OWNER, NotFound, Store
 
-from ..errors import BadRequest
+from ..errors import BadRequest, ConflictError
 from ..messages import ReleaseAddressRequest, RequestAddressRequest, RequestPoolRequest
 
 ADDRESS_SPACE = "pyoverlay"
@@ -40,17 +40,27 @@ class IpamService:
             raise BadRequest("--ip-range needs --subnet")
         if ip_range and not ipaddress.IPv4Network(ip_range).subnet_of(ipaddress.IPv4Network(subnet)):
             raise BadRequest(f"ip range {ip_range} is not inside subnet {subnet}")
+        if subnet:
+            self._refuse_second_network(subnet)
         pool = self.store.request_pool(
             self.host_id, subnet, ip_range, self.default_pool, self.default_pool_size
         )
         return {"PoolID": pool.pool_id, "Pool": pool.subnet, "Data": {}}
 
+    def _refuse_second_network(self, subnet: str) -> None:
+        # Refused here, not in CreateNetwork: Docker releases a pool after a failed CreateNetwork, which
+        # would drop this host's hold on a pool its first network still uses.
+        for docker_id, network_id in self.store.bindings(self.host_id).items():
+            try:
+                pool_id = self.store.get_network(network_id).pool_id
+            except NotFound:
+                continue
+            if pool_id == subnet:
+                raise ConflictError(
+                    f"subnet {subnet} is already used by network {docker_id[:12]} on this host"
+                )
+
     def release_pool(self, pool_id: str) -> None:
-        # A second network on this host asking for a pool it already holds fails in CreateNetwork, and Docker
-        # then releases the pool: keep it while a network bound here still uses it.
-        for network_id in self.store.bindings(self.host_id).values():
-            if self.store.get_network(network_id).pool_id == pool_id:
-                return
         self.store.release_pool(self.host_id, pool_id)
 
     def request_address(self, req: RequestAddressRequest) -> dict[str, object]:

@@ -105,7 +105,9 @@ class NetworkService:
         try:
             return self.store.network_for(self.host_id, docker_network_id)
         except NotFound:
-            raise UnknownObject(f"network {docker_network_id[:12]} is not a pyoverlay network on this host") from None
+            raise UnknownObject(
+                f"network {docker_network_id[:12]} is not a pyoverlay network on this host"
+            ) from None
 
     # -- endpoints ----------------------------------------------------------------------------------
 
@@ -115,9 +117,8 @@ class NetworkService:
             raise BadRequest("pyoverlay supports IPv4 only")
         if network.pool_id and req.address is None:
             raise BadRequest(f"endpoint {req.endpoint_id[:12]} has no IPv4 address")
-        if req.address is not None and network.subnet:
-            if req.address.network.with_prefixlen != network.subnet:
-                raise BadRequest(f"address {req.address} is not in the network's subnet {network.subnet}")
+        if req.address and network.subnet and req.address.network.with_prefixlen != network.subnet:
+            raise BadRequest(f"address {req.address} is not in the network's subnet {network.subnet}")
         mac = req.mac or mac_for(req.endpoint_id)
         endpoint = Endpoint(
             endpoint_id=req.endpoint_id,

@@ -76,12 +76,20 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> float:
-        env = {**os.environ, "SOCKET": self.socket, "STATE_DIR": self.state_dir, "ETCD_ENDPOINTS": self.etcd,
-               "LOG_LEVEL": "debug"}
+        env = {
+            **os.environ,
+            "SOCKET": self.socket,
+            "STATE_DIR": self.state_dir,
+            "ETCD_ENDPOINTS": self.etcd,
+            "LOG_LEVEL": "debug",
+        }
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 ["nsenter", f"--net=/run/netns/{self.host.name}", PYOVERLAY, "serve"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         return self.client.wait_ready()
 

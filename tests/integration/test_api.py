@@ -41,10 +41,18 @@ def create_endpoint(client, network_id, pool_id, repeat=1):
     endpoint_id, mac = new_id(), "02:42:0a:1e:00:%02x" % (uuid.uuid4().int % 256)
     answers = set()
     for _ in range(repeat):
-        answers.add(client.ok("IpamDriver.RequestAddress", {"PoolID": pool_id, "Options": {MAC_OPTION: mac}})["Address"])
+        answers.add(
+            client.ok("IpamDriver.RequestAddress", {"PoolID": pool_id, "Options": {MAC_OPTION: mac}})[
+                "Address"
+            ]
+        )
     assert len(answers) == 1, "a resent RequestAddress must give the same address"
     address = answers.pop()
-    body = {"NetworkID": network_id, "EndpointID": endpoint_id, "Interface": {"Address": address, "MacAddress": mac}}
+    body = {
+        "NetworkID": network_id,
+        "EndpointID": endpoint_id,
+        "Interface": {"Address": address, "MacAddress": mac},
+    }
     for _ in range(repeat):
         assert client.ok("NetworkDriver.CreateEndpoint", body) == {"Interface": {}}
     return endpoint_id, address
@@ -101,11 +109,17 @@ def test_lifecycle_builds_devices_and_leaves_nothing(agent, repeat):
     endpoint_id, address = create_endpoint(c, network_id, pool_id, repeat=repeat)
     assert address == "10.30.0.2/24"
     for _ in range(repeat):
-        join = c.ok("NetworkDriver.Join", {"NetworkID": network_id, "EndpointID": endpoint_id, "SandboxKey": "/x"})
+        join = c.ok(
+            "NetworkDriver.Join", {"NetworkID": network_id, "EndpointID": endpoint_id, "SandboxKey": "/x"}
+        )
     src = join["InterfaceName"]["SrcName"]
     assert join == {"InterfaceName": {"SrcName": src, "DstPrefix": "eth"}}  # no gateway: docker_gwbridge
     links = agent.host.links()
-    assert src in links and any(name.startswith("pobr") for name in links) and any(n.startswith("povx") for n in links)
+    assert (
+        src in links
+        and any(name.startswith("pobr") for name in links)
+        and any(n.startswith("povx") for n in links)
+    )
     assert agent.host.mtu(src) == 1450  # underlay 1500 - 50
     assert len(agent.host.forward_rules()) >= 1
     info = c.ok("NetworkDriver.EndpointOperInfo", {"NetworkID": network_id, "EndpointID": endpoint_id})
@@ -119,7 +133,9 @@ def test_mtu_option_lowers_the_container_mtu(agent):
     c = agent.client
     network_id, pool_id, gateway = create_network(c, mtu=1400)
     endpoint_id, address = create_endpoint(c, network_id, pool_id)
-    src = c.ok("NetworkDriver.Join", {"NetworkID": network_id, "EndpointID": endpoint_id})["InterfaceName"]["SrcName"]
+    src = c.ok("NetworkDriver.Join", {"NetworkID": network_id, "EndpointID": endpoint_id})["InterfaceName"][
+        "SrcName"
+    ]
     assert agent.host.mtu(src) == 1400
     remove_endpoint(c, network_id, pool_id, endpoint_id, address)
     remove_network(c, network_id, pool_id, gateway)
@@ -130,15 +146,26 @@ BAD_REQUESTS = [
     ("NetworkDriver.CreateNetwork", b'{"NetworkID": "abc", "IPv4Data": [', "not valid JSON"),
     ("NetworkDriver.CreateNetwork", b"[1, 2]", "must be a JSON object"),
     ("NetworkDriver.CreateNetwork", b'{"NetworkID": 7}', "must be str"),
-    ("NetworkDriver.CreateNetwork", b'{"NetworkID": "n1", "IPv4Data": [{"Pool": "10.0.0.0/99"}]}', "not an IPv4"),
-    ("NetworkDriver.CreateNetwork",
-     b'{"NetworkID": "n1", "IPv4Data": [{"AddressSpace": "pyoverlay", "Pool": "10.77.0.0/24"}]}', "10.77.0.0/24"),
+    (
+        "NetworkDriver.CreateNetwork",
+        b'{"NetworkID": "n1", "IPv4Data": [{"Pool": "10.0.0.0/99"}]}',
+        "not an IPv4",
+    ),
+    (
+        "NetworkDriver.CreateNetwork",
+        b'{"NetworkID": "n1", "IPv4Data": [{"AddressSpace": "pyoverlay", "Pool": "10.77.0.0/24"}]}',
+        "10.77.0.0/24",
+    ),
     ("NetworkDriver.CreateEndpoint", b'{"NetworkID": "nope", "EndpointID": "e1"}', "not a pyoverlay network"),
     ("NetworkDriver.Join", b'{"NetworkID": "nope", "EndpointID": "e1"}', "not known"),
     ("NetworkDriver.EndpointOperInfo", b'{"NetworkID": "nope", "EndpointID": "e1"}', "not known"),
     ("IpamDriver.RequestPool", b'{"AddressSpace": "pyoverlay", "Pool": "10.1.0.0/40"}', "not a subnet"),
     ("IpamDriver.RequestPool", b'{"AddressSpace": "pyoverlay", "Pool": "10.1.0.7/24"}', "host bits"),
-    ("IpamDriver.RequestPool", b'{"AddressSpace": "pyoverlay", "Pool": "fd00::/64", "V6": true}', "IPv4 only"),
+    (
+        "IpamDriver.RequestPool",
+        b'{"AddressSpace": "pyoverlay", "Pool": "fd00::/64", "V6": true}',
+        "IPv4 only",
+    ),
     ("IpamDriver.RequestPool", b'{"AddressSpace": "other"}', "unknown address space"),
     ("IpamDriver.RequestAddress", b'{"PoolID": "10.123.0.0/24"}', "10.123.0.0/24"),
     ("IpamDriver.RequestAddress", b'{"PoolID": 5}', "must be str"),
@@ -146,7 +173,9 @@ BAD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize("method, body, message", BAD_REQUESTS, ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(BAD_REQUESTS)])
+@pytest.mark.parametrize(
+    "method, body, message", BAD_REQUESTS, ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(BAD_REQUESTS)]
+)
 def test_bad_input_gets_a_clear_error_and_the_agent_keeps_serving(agent, method, body, message):
     status, answer = agent.client.raw(method, body)
     assert status >= 400, answer
@@ -165,12 +194,16 @@ def test_pool_conflicts_exhaustion_and_addresses_outside(agent):
     gw = c.ok("IpamDriver.RequestAddress", {"PoolID": pool, "Options": GATEWAY})["Address"]
     one = c.ok("IpamDriver.RequestAddress", {"PoolID": pool, "Options": {MAC_OPTION: "02:00:00:00:00:01"}})
     assert {gw, one["Address"]} == {"10.30.0.1/30", "10.30.0.2/30"}
-    status, answer = c.call("IpamDriver.RequestAddress", {"PoolID": pool, "Options": {MAC_OPTION: "02:00:00:00:00:02"}})
+    status, answer = c.call(
+        "IpamDriver.RequestAddress", {"PoolID": pool, "Options": {MAC_OPTION: "02:00:00:00:00:02"}}
+    )
     assert status == 409 and "no free address" in answer["Error"]
     status, answer = c.call("IpamDriver.RequestAddress", {"PoolID": pool, "Address": "10.31.0.1"})
     assert status >= 400 and "10.31.0.1" in answer["Error"]
-    status, answer = c.call("IpamDriver.RequestAddress", {"PoolID": pool, "Address": "10.30.0.2",
-                                                          "Options": {MAC_OPTION: "02:00:00:00:00:03"}})
+    status, answer = c.call(
+        "IpamDriver.RequestAddress",
+        {"PoolID": pool, "Address": "10.30.0.2", "Options": {MAC_OPTION: "02:00:00:00:00:03"}},
+    )
     assert status == 409 and "10.30.0.2" in answer["Error"]
     c.ok("IpamDriver.ReleaseAddress", {"PoolID": pool, "Address": "10.30.0.2"})
     c.ok("IpamDriver.ReleaseAddress", {"PoolID": pool, "Address": "10.30.0.1"})
@@ -216,3 +249,48 @@ def test_restart_adopts_devices_and_keeps_state(agent):
     remove_endpoint(c, network_id, pool_id, endpoint_id, address)
     remove_network(c, network_id, pool_id, gateway)
     assert_nothing_left(agent)
+
+
+def test_store_unreachable_fails_cleanly_then_recovers(netns_host, etcd_server, tmp_path):
+    from tests.etcd_server import EtcdServer
+
+    from .conftest import ETCD_ADDRESS, AgentProcess
+
+    (tmp_path / "etcd").mkdir()
+    etcd = EtcdServer(host=ETCD_ADDRESS, data_dir=str(tmp_path / "etcd"))
+    agent = AgentProcess(netns_host, etcd.endpoint)
+    try:
+        # etcd is down from the start: the socket still answers at once (a managed plugin must bind in ~10 s)
+        assert agent.start() < 10
+        c = agent.client
+        for method, body in [
+            ("IpamDriver.RequestPool", {"AddressSpace": "pyoverlay", "Pool": "10.30.0.0/24"}),
+            (
+                "NetworkDriver.CreateNetwork",
+                {
+                    "NetworkID": new_id(),
+                    "IPv4Data": [
+                        {"AddressSpace": "pyoverlay", "Pool": "10.30.0.0/24", "Gateway": "10.30.0.1/24"}
+                    ],
+                },
+            ),
+            ("IpamDriver.RequestAddress", {"PoolID": "10.30.0.0/24", "Options": GATEWAY}),
+        ]:
+            status, answer = c.call(method, body)
+            assert status == 503, answer
+            assert "etcd" in answer.get("Err", "") and "unreachable" in answer["Err"], answer
+        etcd.start()
+        network_id, pool_id, gateway = create_network(c)
+        etcd.kill()
+        status, answer = c.call(
+            "NetworkDriver.CreateEndpoint",
+            {"NetworkID": network_id, "EndpointID": new_id(), "Interface": {"Address": "10.30.0.9/24"}},
+        )
+        assert status == 503, answer
+        etcd.start()
+        assert not [n for n in agent.host.links() if n.startswith("poh")]  # no half-made endpoint
+        remove_network(c, network_id, pool_id, gateway)
+        assert_nothing_left(agent)
+    finally:
+        agent.stop()
+        etcd.close()

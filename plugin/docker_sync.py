@@ -1,0 +1,151 @@
+"""The Docker side of a host: the only code that calls this host's daemon, always from its own thread
+(a request handler that called the daemon would deadlock: the daemon is waiting on that handler).
+
+Each pass compares the daemon with the store and closes the gaps:
+- names: a network's name and an endpoint's container name are learned from the daemon and recorded;
+- a cluster network with no binding here is created in this daemon (same name, subnet, range, gateway);
+- a network bound here whose cluster record is gone (removed on another host) is removed here too.
+Passes run on Docker events, on store network events, and every few seconds as a safety net."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from typing import Any
+
+import docker
+from docker.types import IPAMConfig, IPAMPool
+
+from kvstore import Network, NotFound, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+RESYNC_SECONDS = 5.0
+
+
+class DockerSync:
+    def __init__(
+        self, store: Store, host_id: str, driver_name: str = "", base_url: str | None = None
+    ) -> None:
+        self.store = store
+        self.host_id = host_id
+        self.driver_name = driver_name  # "" = found out from the daemon (managed plugins carry a tag)
+        self.base_url = base_url
+        self._wake = threading.Event()
+        self._client: docker.DockerClient | None = None
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    def run(self, stop: threading.Event) -> None:
+        threading.Thread(target=self._follow_events, args=(stop,), name="docker-events", daemon=True).start()
+        while not stop.is_set():
+            try:
+                self.sync_once()
+            except (docker.errors.DockerException, StoreError) as exc:
+                log.warning("docker sync: %s", exc)
+                self._client = None
+            except Exception:
+                log.exception("docker sync pass failed")
+            self._wake.wait(RESYNC_SECONDS)
+            self._wake.clear()
+
+    def _docker(self) -> docker.DockerClient:
+        if self._client is None:
+            kwargs: dict[str, Any] = {"timeout": 30}
+            self._client = (
+                docker.DockerClient(base_url=self.base_url, **kwargs)
+                if self.base_url
+                else docker.from_env(**kwargs)
+            )
+        return self._client
+
+    def _follow_events(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                client = (
+                    docker.from_env() if not self.base_url else docker.DockerClient(base_url=self.base_url)
+                )
+                for _ in client.events(decode=True, filters={"type": ["network", "container"]}):
+                    self._wake.set()
+                    if stop.is_set():
+                        return
+            except Exception as exc:  # the daemon restarting: try again shortly
+                log.debug("docker events: %s", exc)
+            stop.wait(2)
+
+    def our_driver(self) -> str:
+        if not self.driver_name:
+            names = [p.name for p in self._docker().plugins.list() if p.enabled and "pyoverlay" in p.name]
+            self.driver_name = names[0] if names else "pyoverlay"
+        return self.driver_name
+
+    def sync_once(self) -> None:
+        client = self._docker()
+        driver = self.our_driver()
+        local = {n.id: n for n in client.networks.list(filters={"driver": driver})}
+        bindings = self.store.bindings(self.host_id)
+        cluster = {n.network_id: n for n in self.store.list_networks()}
+        for docker_id, network_id in bindings.items():
+            network = cluster.get(network_id)
+            if network is None:
+                self._remove_local(local.get(docker_id))
+            elif not network.name and docker_id in local:
+                self.store.set_network_name(network_id, local[docker_id].name)
+        bound = set(bindings.values())
+        local_names = {n.name for n in client.networks.list()}
+        for network in cluster.values():
+            if network.network_id in bound or not network.name or not network.pool_id:
+                continue
+            if network.name in local_names:
+                log.warning(
+                    "network %s exists in another host's daemon, but this daemon has another "
+                    "network of that name",
+                    network.name,
+                )
+                continue
+            self._create_local(client, driver, network)
+        self._learn_container_names(client, local, bindings)
+
+    def _create_local(self, client: docker.DockerClient, driver: str, network: Network) -> None:
+        log.info("creating network %s (%s), made on another host", network.name, network.subnet)
+        pool = IPAMPool(subnet=network.subnet, iprange=network.ip_range, gateway=network.gateway)
+        try:
+            client.networks.create(
+                network.name,
+                driver=driver,
+                options=network.options or None,
+                ipam=IPAMConfig(driver=driver, pool_configs=[pool]),
+            )
+        except docker.errors.APIError as exc:
+            log.warning("cannot create network %s here: %s", network.name, exc.explanation or exc)
+
+    def _remove_local(self, local_network: Any) -> None:
+        if local_network is None:
+            return
+        log.info("removing network %s: it was removed on another host", local_network.name)
+        try:
+            local_network.remove()
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            log.warning("cannot remove network %s here: %s", local_network.name, exc.explanation or exc)
+
+    def _learn_container_names(
+        self, client: docker.DockerClient, local: dict[str, Any], bindings: dict[str, str]
+    ) -> None:
+        names: dict[str, str] = {}  # endpoint id -> container name
+        for docker_id in bindings:
+            if docker_id not in local:
+                continue
+            local[docker_id].reload()
+            for container_info in (local[docker_id].attrs.get("Containers") or {}).values():
+                names[container_info.get("EndpointID", "")] = container_info.get("Name", "")
+        for endpoint_id, name in names.items():
+            try:
+                endpoint = self.store.get_endpoint(endpoint_id)
+            except NotFound:
+                continue
+            if endpoint.host_id == self.host_id and name and endpoint.container_name != name:
+                self.store.put_endpoint(dataclasses.replace(endpoint, container_name=name))

@@ -1,0 +1,240 @@
+"""Many hosts, one network: each host a namespace with its own dockerd and agent, etcd on the underlay."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+import time
+
+import pytest
+
+from tests.lab.fixtures import lab_image_tar, make_lab  # noqa: F401
+
+pytestmark = pytest.mark.lab
+
+SLEEP = ("sleep", "3600")
+
+
+def wait_for(check, timeout: float = 15.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.2)
+
+
+def networks(h) -> dict[str, dict]:
+    out = h.docker("network", "ls", "--filter", "driver=pyoverlay", "--format", "{{.Name}}").stdout.split()
+    if not out:
+        return {}
+    return {n["Name"]: n for n in json.loads(h.docker("network", "inspect", *out).stdout)}
+
+
+def create_everywhere(lab, name: str, *args: str) -> None:
+    lab.hosts[0].docker("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", *args, name)
+    for h in lab.hosts[1:]:
+        wait_for(lambda h=h: name in networks(h), what=f"{name} on {h.name}")
+
+
+def ip_of(h, container: str, network: str) -> str:
+    out = h.docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", container).stdout
+    return json.loads(out)[network]["IPAddress"]
+
+
+def ping(h, container: str, target: str, count: int = 1, check: bool = True):
+    return h.docker("exec", container, "ping", "-c", str(count), "-W", "2", target, check=check)
+
+
+def converge_ping(h, container: str, target: str, timeout: float = 10.0) -> None:
+    wait_for(
+        lambda: ping(h, container, target, check=False).returncode == 0, timeout, f"{container} -> {target}"
+    )
+
+
+@pytest.fixture
+def lab3(make_lab):  # noqa: F811
+    lab = make_lab(3, etcd=True)
+    lab.start_agents(extra_env={"HOST_TTL": "4"})
+    yield lab
+    for h in lab.hosts:
+        print(f"--- {h.name}\n{h.agent_log_tail(40)}")
+
+
+def test_network_appears_everywhere_and_containers_talk_across_hosts(lab3):
+    h1, h2, h3 = lab3.hosts
+    create_everywhere(lab3, "ov", "--subnet", "10.50.0.0/24", "--gateway", "10.50.0.1")
+    for h in (h2, h3):
+        config = networks(h)["ov"]["IPAM"]["Config"][0]
+        assert config["Subnet"] == "10.50.0.0/24" and config["Gateway"] == "10.50.0.1"
+    sysctl = ("--sysctl", "net.ipv4.icmp_echo_ignore_broadcasts=0")
+    h1.docker("run", "-d", "--name", "box1", "--network", "ov", *sysctl, lab3.image, *SLEEP)
+    h2.docker("run", "-d", "--name", "box2", "--network", "ov", *sysctl, lab3.image, *SLEEP)
+    h3.docker("run", "-d", "--name", "box3", "--network", "ov", *sysctl, lab3.image, *SLEEP)
+    ip1, ip2, ip3 = ip_of(h1, "box1", "ov"), ip_of(h2, "box2", "ov"), ip_of(h3, "box3", "ov")
+    assert len({ip1, ip2, ip3}) == 3
+    converge_ping(h1, "box1", ip2)
+    converge_ping(h2, "box2", ip1)
+    converge_ping(h3, "box3", ip1)
+    # broadcast crosses hosts: every other box answers a ping to the subnet's broadcast address
+    out = ping(h1, "box1", "10.50.0.255", count=3, check=False).stdout
+    assert ip2 in out and ip3 in out, out
+
+    # every endpoint record carries its container's name, learned from its own daemon
+    def names():
+        keys = lab3.etcdctl("get", "--prefix", "/pyoverlay/v1/topology/endpoints/").stdout
+        return {json.loads(line)["container_name"] for line in keys.splitlines() if line.startswith("{")}
+
+    wait_for(lambda: names() >= {"box1", "box2", "box3"}, what="container names in the store")
+
+    # removing a container anywhere removes it from every host's tables
+    h2.docker("rm", "-f", "box2")
+    for h in (h1, h3):
+        wait_for(
+            lambda h=h: ip2 not in h.run(["ip", "neigh", "show", "nud", "permanent"]).stdout,
+            what=f"{ip2} gone from {h.name}",
+        )
+
+
+def test_network_rm_is_refused_while_endpoints_remain_then_removed_everywhere(lab3):
+    h1, h2, h3 = lab3.hosts
+    create_everywhere(lab3, "gone")
+    h1.docker("run", "-d", "--name", "keeper", "--network", "gone", lab3.image, *SLEEP)
+    refused = h2.docker("network", "rm", "gone", check=False)
+    assert refused.returncode != 0 and "endpoints" in refused.stderr, refused.stderr
+    assert "gone" in networks(h2)
+    h1.docker("rm", "-f", "keeper")
+    h2.docker("network", "rm", "gone")
+    for h in (h1, h3):
+        wait_for(lambda h=h: "gone" not in networks(h), what=f"network removed on {h.name}")
+    keys = lab3.etcdctl("get", "--prefix", "--keys-only", "/pyoverlay/v1/").stdout.split()
+    assert not [k for k in keys if "/networks/" in k or "/endpoints/" in k or "/addresses/" in k], keys
+
+
+def test_isolation_between_networks(lab3):
+    h1, h2, _ = lab3.hosts
+    create_everywhere(lab3, "red")
+    create_everywhere(lab3, "blue")
+    h1.docker("run", "-d", "--name", "red1", "--network", "red", lab3.image, *SLEEP)
+    h2.docker("run", "-d", "--name", "red2", "--network", "red", lab3.image, *SLEEP)
+    h1.docker("run", "-d", "--name", "blue1", "--network", "blue", lab3.image, *SLEEP)
+    h2.docker("run", "-d", "--name", "blue2", "--network", "blue", lab3.image, *SLEEP)
+    converge_ping(h1, "red1", ip_of(h2, "red2", "red"))
+    converge_ping(h1, "blue1", ip_of(h2, "blue2", "blue"))
+    for host, box, target_host, target, net in [
+        (h1, "red1", h1, "blue1", "blue"),
+        (h1, "red1", h2, "blue2", "blue"),
+        (h2, "blue2", h1, "red1", "red"),
+    ]:
+        assert ping(host, box, ip_of(target_host, target, net), check=False).returncode != 0
+
+
+def test_cluster_ipam_under_racing_docker_runs(lab3):
+    create_everywhere(lab3, "race", "--subnet", "10.51.0.0/24")
+    per_host = 6
+
+    def start(h, i):
+        h.docker("run", "-d", "--name", f"r{h.name}x{i}", "--network", "race", lab3.image, *SLEEP)
+        return ip_of(h, f"r{h.name}x{i}", "race")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(lab3.hosts) * 3) as pool:
+        futures = [pool.submit(start, h, i) for h in lab3.hosts for i in range(per_host)]
+        addresses = [f.result() for f in futures]
+    assert len(addresses) == len(set(addresses)) == per_host * len(lab3.hosts)
+    # Docker shows a gateway only where one was passed in: the hosts that followed h1 pass the cluster's
+    gateways = {networks(h)["race"]["IPAM"]["Config"][0].get("Gateway") for h in lab3.hosts[1:]}
+    assert gateways == {"10.51.0.1"}
+    record = lab3.etcdctl("get", "--print-value-only", "/pyoverlay/v1/owners/10.51.0.0/24/gateway").stdout
+    assert json.loads(record)["address"] == "10.51.0.1"
+    # an address released on one host is free for every host
+    h1, h2, _ = lab3.hosts
+    freed = ip_of(h1, "rh1x0", "race")
+    h1.docker("rm", "-f", "rh1x0")
+    h2.docker("run", "-d", "--name", "taker", "--network", "race", "--ip", freed, lab3.image, *SLEEP)
+    assert ip_of(h2, "taker", "race") == freed
+
+
+def test_outbound_and_published_ports(lab3):
+    h1, h2, _ = lab3.hosts
+    create_everywhere(lab3, "out")
+    h1.docker(
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "out",
+        "-p",
+        "8080:80",
+        lab3.image,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/etc",
+    )
+    h1.docker(
+        "exec", "web", "ping", "-c", "1", "-W", "2", lab3.underlay_address
+    )  # outbound via docker_gwbridge
+    fetch = (
+        "import urllib.request,sys;"
+        "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    )
+    out = wait_for(
+        lambda: h2.run(["python3", "-c", fetch, f"http://{h1.address}:8080/passwd"], check=False).stdout,
+        what="published port",
+    )
+    assert "root:" in out
+
+
+def test_agent_killed_for_ten_seconds_loses_no_flow(lab3):
+    h1, h2, _ = lab3.hosts
+    create_everywhere(lab3, "steady")
+    h1.docker("run", "-d", "--name", "client", "--network", "steady", lab3.image, *SLEEP)
+    h2.docker("run", "-d", "--name", "server", "--network", "steady", lab3.image, "iperf3", "-s")
+    server = ip_of(h2, "server", "steady")
+    converge_ping(h1, "client", server)
+    results: dict[str, object] = {}
+
+    def run(key, *cmd):
+        results[key] = h1.docker("exec", "client", *cmd, check=False, timeout=120)
+
+    flows = [
+        threading.Thread(target=run, args=("ping", "ping", "-c", "80", "-i", "0.25", "-W", "1", server)),
+        threading.Thread(target=run, args=("iperf", "iperf3", "-c", server, "-t", "20", "-b", "50M")),
+    ]
+    for t in flows:
+        t.start()
+    time.sleep(3)
+    h1.kill_agent()
+    h2.kill_agent()
+    time.sleep(10)
+    h1.start_agent(extra_env={"HOST_TTL": "4"})
+    h2.start_agent(extra_env={"HOST_TTL": "4"})
+    for t in flows:
+        t.join()
+    pinged, iperf = results["ping"], results["iperf"]
+    assert " 0% packet loss" in pinged.stdout, pinged.stdout[-400:]
+    assert iperf.returncode == 0, iperf.stdout[-400:] + iperf.stderr
+    # the restarted agents adopted everything and still converge
+    h2.docker("run", "-d", "--name", "late", "--network", "steady", lab3.image, *SLEEP)
+    converge_ping(h1, "client", ip_of(h2, "late", "steady"))
+
+
+def test_jumbo_underlay_gives_jumbo_containers(make_lab):  # noqa: F811
+    lab = make_lab(2, etcd=True, mtu=9000)
+    lab.start_agents()
+    h1, h2 = lab.hosts
+    create_everywhere(lab, "jumbo")
+    h1.docker("run", "-d", "--name", "j1", "--network", "jumbo", lab.image, *SLEEP)
+    h2.docker("run", "-d", "--name", "j2", "--network", "jumbo", lab.image, "iperf3", "-s")
+    assert h1.docker("exec", "j1", "cat", "/sys/class/net/eth0/mtu").stdout.strip() == "8950"
+    target = ip_of(h2, "j2", "jumbo")
+    converge_ping(h1, "j1", target)
+    # a full-size packet (8950 = 8922 payload + 28) in one piece, DF set by the kernel's PMTU discovery
+    h1.docker("exec", "j1", "ping", "-c", "2", "-W", "2", "-s", "8922", target)
+    bulk = h1.docker("exec", "j1", "iperf3", "-c", target, "-n", "200M", timeout=120)
+    assert "receiver" in bulk.stdout
