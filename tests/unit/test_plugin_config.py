@@ -1,0 +1,29 @@
+"""config.json (the managed plugin) must offer every setting, with Settings' defaults."""
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from plugin.settings import Settings
+
+CONFIG = json.loads((Path(__file__).resolve().parents[2] / "config.json").read_text())
+
+
+def test_every_setting_is_in_config_json_with_the_same_default():
+    env = {e["name"]: e for e in CONFIG["env"]}
+    for f in fields(Settings):
+        name = f.name.upper()
+        assert name in env, f"{name} missing from config.json"
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        assert env[name]["value"] == str(default), name
+        if name not in ("SOCKET", "STATE_DIR"):
+            assert env[name].get("settable") == ["value"], name
+
+
+def test_plugin_implements_both_drivers_with_only_net_admin():
+    assert CONFIG["interface"]["types"] == ["docker.networkdriver/1.0", "docker.ipamdriver/1.0"]
+    assert CONFIG["interface"]["socket"] == "pyoverlay.sock"
+    assert CONFIG["network"]["type"] == "host"
+    assert CONFIG["linux"]["capabilities"] == ["CAP_NET_ADMIN"]
