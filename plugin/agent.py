@@ -60,7 +60,9 @@ class Agent:
             embedded=settings.embedded,
         )
         self.ipam = IpamService(self.store, self.host_id, settings.default_pool, settings.default_pool_size)
-        self.docker_sync = DockerSync(self.store, self.host_id, driver_name=settings.driver_name)
+        self.docker_sync = DockerSync(
+            self.store, self.host_id, self.dataplane.endpoint_ids_prefixes, driver_name=settings.driver_name
+        )
         self.reconciler = Reconciler(
             self.store,
             self.dataplane,

@@ -9,9 +9,11 @@ Passes run on Docker events, on store network events, and every few seconds as a
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import re
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -26,10 +28,17 @@ RESYNC_SECONDS = 5.0
 
 class DockerSync:
     def __init__(
-        self, store: Store, host_id: str, driver_name: str = "", base_url: str | None = None
+        self,
+        store: Store,
+        host_id: str,
+        local_endpoint_prefixes: Callable[[], set[str]],
+        driver_name: str = "",
+        base_url: str | None = None,
     ) -> None:
         self.store = store
         self.host_id = host_id
+        self.local_endpoint_prefixes = local_endpoint_prefixes  # id prefixes of the veths on this host
+        self._stale: set[str] = set()  # own endpoints seen without veth or container once already
         self.driver_name = driver_name  # "" = found out from the daemon (managed plugins carry a tag)
         self.base_url = base_url
         self._wake = threading.Event()
@@ -77,8 +86,8 @@ class DockerSync:
 
     def our_driver(self) -> str:
         if not self.driver_name:
-            names = [p.name for p in self._docker().plugins.list() if p.enabled and "pyoverlay" in p.name]
-            self.driver_name = names[0] if names else "pyoverlay"
+            plugin_id = managed_plugin_id()
+            self.driver_name = self._docker().plugins.get(plugin_id).name if plugin_id else "pyoverlay"
         return self.driver_name
 
     def sync_once(self) -> None:
@@ -93,10 +102,10 @@ class DockerSync:
                 self._remove_local(local.get(docker_id))
             elif not network.name and docker_id in local:
                 self.store.set_network_name(network_id, local[docker_id].name)
-        bound = set(bindings.values())
+        skip = set(bindings.values()) | self.store.left_networks(self.host_id)
         local_names = {n.name for n in client.networks.list()}
         for network in cluster.values():
-            if network.network_id in bound or not network.name or not network.pool_id:
+            if network.network_id in skip or not network.name or not network.pool_id:
                 continue
             if network.name in local_names:
                 log.warning(
@@ -148,4 +157,44 @@ class DockerSync:
             except NotFound:
                 continue
             if endpoint.host_id == self.host_id and name and endpoint.container_name != name:
-                self.store.put_endpoint(dataclasses.replace(endpoint, container_name=name))
+                self.store.set_endpoint_name(endpoint_id, name)  # never resurrects a deleted endpoint
+        self._collect_own_garbage(set(names))
+
+    def _collect_own_garbage(self, joined: set[str]) -> None:
+        """Endpoints of this host that lost both their veth and their container (the host rebooted, the
+        plugin was disabled when the container stopped) are removed with their address, once seen so on
+        two passes in a row."""
+        prefixes = self.local_endpoint_prefixes()
+        stale = {
+            e.endpoint_id
+            for e in self.store.list_endpoints()
+            if e.host_id == self.host_id
+            and e.endpoint_id not in joined
+            and e.endpoint_id[:12] not in prefixes
+        }
+        for endpoint_id in stale & self._stale:
+            try:
+                endpoint = self.store.get_endpoint(endpoint_id)
+                network = self.store.get_network(endpoint.network_id)
+            except NotFound:
+                continue
+            log.info("removing endpoint %s: no veth and no container on this host", endpoint_id[:12])
+            self.store.delete_endpoint(endpoint_id)
+            if network.pool_id and endpoint.address:
+                self.store.release_address(network.pool_id, endpoint.address.split("/")[0])
+        self._stale = stale - self._stale
+
+
+def managed_plugin_id(mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """Inside a managed plugin, dockerd mounts /run/docker/plugins/<plugin id> at /run/docker/plugins."""
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/run/docker/plugins":
+            root = fields[3].rstrip("/").rsplit("/", 1)[-1]
+            if re.fullmatch(r"[0-9a-f]{64}", root):
+                return root
+    return None

@@ -97,7 +97,15 @@ class NetworkService:
             if endpoint.host_id == self.host_id:
                 # Docker only deletes networks without endpoints; these are leftovers of a crash
                 self._remove_endpoint(endpoint.endpoint_id)
-        self.store.delete_network(self.host_id, docker_network_id)
+        if not self.store.delete_network(self.host_id, docker_network_id):
+            # Docker ignores a DeleteNetwork error, so this cannot be refused: the host leaves the network
+            hosts = sorted({e.host_id for e in self.store.list_endpoints(network.network_id)})
+            if hosts:
+                log.warning(
+                    "network %s still has endpoints on hosts %s: removed from this host only",
+                    network.name or network.network_id[:12],
+                    ", ".join(hosts),
+                )
         self.dataplane.delete_network(network.vni)
         self.on_change(network.network_id)
 
