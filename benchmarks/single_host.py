@@ -1,0 +1,116 @@
+"""Single-host figures on a one-host lab with the embedded store:
+
+    sudo .venv/bin/python -m benchmarks.single_host [--runs 20] [--requests 1000]
+
+- `docker run --rm --network <net> busybox true`: median over N runs on a pyoverlay network vs on a
+  user-defined bridge network, interleaved in one session, and the ratio;
+- the agent's resident memory before and after 1,000 plugin requests (a realistic mix: address requests and
+  releases, endpoint create/join/delete, capabilities), and whether it grew.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import uuid
+from pathlib import Path
+
+from tests.lab import Lab, LabHost
+from tests.plugin_client import PluginClient
+
+
+def rss_kib(h: LabHost) -> dict[str, int]:
+    """Resident memory of each process of the agent (gunicorn master and worker), by pid."""
+    assert h.agent is not None
+    found, todo = {}, [h.agent.pid]
+    while todo:
+        pid = todo.pop()
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        todo += [int(c) for c in children.read_text().split()] if children.exists() else []
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"pyoverlay" in cmdline and not cmdline.startswith(b"nsenter"):
+            status = Path(f"/proc/{pid}/status").read_text()
+            found[pid] = int(
+                next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))
+            )
+    return found
+
+
+def request_mix(client: PluginClient, network_id: str, pool_id: str, total: int) -> None:
+    sent = 0
+    while sent < total:
+        mac = ":".join(f"{b:02x}" for b in (2, *uuid.uuid4().bytes[:5]))
+        address = client.ok(
+            "IpamDriver.RequestAddress",
+            {"PoolID": pool_id, "Options": {"com.docker.network.endpoint.macaddress": mac}},
+        )["Address"]
+        ids = {"NetworkID": network_id, "EndpointID": uuid.uuid4().hex * 2}
+        client.ok(
+            "NetworkDriver.CreateEndpoint", {**ids, "Interface": {"Address": address, "MacAddress": mac}}
+        )
+        client.ok("NetworkDriver.Join", {**ids, "SandboxKey": "/x"})
+        client.ok("NetworkDriver.EndpointOperInfo", ids)
+        client.ok("NetworkDriver.Leave", ids)
+        client.ok("NetworkDriver.DeleteEndpoint", ids)
+        client.ok("IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": address.split("/")[0]})
+        client.ok("NetworkDriver.GetCapabilities")
+        client.ok("IpamDriver.GetCapabilities")
+        client.ok("Plugin.Activate")
+        sent += 10
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=1000)
+    args = parser.parse_args()
+    with Lab(1, name="pyosingle", etcd=False) as lab:
+        h = lab.hosts[0]
+        h.start_agent(extra_env={"LOG_LEVEL": "info"})
+        h.docker(
+            "network",
+            "create",
+            "-d",
+            "pyoverlay",
+            "--ipam-driver",
+            "pyoverlay",
+            "--subnet",
+            "10.62.0.0/24",
+            "pyo",
+        )
+        h.docker("network", "create", "--subnet", "10.63.0.0/24", "bridged")
+        over, bridge = [], []
+        for _ in range(args.runs):  # interleaved, so drift on the machine hits both alike
+            for network, times in (("pyo", over), ("bridged", bridge)):
+                start = time.monotonic()
+                h.docker("run", "--rm", "--network", network, lab.image, "true")
+                times.append(time.monotonic() - start)
+        mo, mb = statistics.median(over), statistics.median(bridge)
+        print(
+            f"docker run --rm … true, median of {args.runs}: pyoverlay {mo:.3f} s, bridge {mb:.3f} s, "
+            f"ratio {mo / mb:.2f}"
+        )
+
+        network_id = h.docker("network", "inspect", "-f", "{{.Id}}", "pyo").stdout.strip()
+        client = PluginClient(str(h.agent_socket))
+        before = rss_kib(h)
+        start = time.monotonic()
+        request_mix(client, network_id, "10.62.0.0/24", args.requests)
+        elapsed = time.monotonic() - start
+        after = rss_kib(h)
+        request_mix(client, network_id, "10.62.0.0/24", args.requests)
+        again = rss_kib(h)
+        print(f"{args.requests} requests in {elapsed:.1f} s ({args.requests / elapsed:.0f}/s)")
+        for pid in sorted(after):
+            mib = [before.get(pid, 0) / 1024, after[pid] / 1024, again.get(pid, 0) / 1024]
+            print(
+                f"  agent pid {pid}: RSS {mib[0]:.1f} MiB before, {mib[1]:.1f} MiB after {args.requests}, "
+                f"{mib[2]:.1f} MiB after {2 * args.requests}"
+            )
+
+
+if __name__ == "__main__":
+    main()
