@@ -21,6 +21,16 @@ class Store(abc.ABC):
     def list_hosts(self) -> list[Host]:
         """Hosts whose registration is alive."""
 
+    @abc.abstractmethod
+    def forget_host(self, host_id: str) -> int:
+        """Remove what a host an operator declared dead left behind, and return how many endpoints
+        that was. Every endpoint of the host is deleted and its address freed (the one its MAC owns
+        in the network's pool). Each of its bindings is dropped; a cluster network no other host binds
+        goes with it (as in delete_network), one that other hosts bind stays even without endpoints.
+        The host is then dropped from every pool's holders as by release_pool, its "left" marks are
+        cleared, and its registration deleted. Idempotent (a second call returns 0), and safe against
+        allocations and deletions running at the same time on other hosts."""
+
     # -- pools --------------------------------------------------------------------------------------
     @abc.abstractmethod
     def request_pool(
@@ -41,9 +51,16 @@ class Store(abc.ABC):
         """Raises NotFound."""
 
     @abc.abstractmethod
+    def list_pools(self) -> list[Pool]:
+        """Every pool, by subnet."""
+
+    @abc.abstractmethod
     def release_pool(self, host_id: str, pool_id: str) -> None:
-        """Drop ``host_id`` from the holders; the last holder deletes the pool and every address in it.
-        Unknown pools and non-holders are a no-op."""
+        """Drop ``host_id`` from the holders; the last holder deletes the pool and every address in it,
+        unless the pool's cluster network still exists and some host (the caller included) binds it:
+        Docker releases the pool before it deletes the network, and that delete_network then deletes
+        the pool (with no holders left) together with the network. Unknown pools and non-holders are a
+        no-op."""
 
     # -- addresses ----------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -71,9 +88,10 @@ class Store(abc.ABC):
         """Bind ``docker_network_id`` on ``host_id`` to a cluster network and return the stored one.
         If the host already binds ``docker_network_id``: return that network (idempotent). Else if
         ``network.pool_id`` is set and a cluster network with that pool exists, bind to it (a network made
-        on another host appearing here); Conflict if this host already binds another Docker network to
-        it. Else create ``network`` with a fresh VNI (the ``vni`` field of the argument is ignored) and
-        ``network_id`` as given. Exhausted when no VNI is free."""
+        on another host appearing here, or this host coming back to a network it had left: the "left"
+        mark is cleared); Conflict if this host already binds another Docker network to it. Else create
+        ``network`` with a fresh VNI (the ``vni`` field of the argument is ignored) and ``network_id`` as
+        given. Exhausted when no VNI is free."""
 
     @abc.abstractmethod
     def network_for(self, host_id: str, docker_network_id: str) -> Network:
@@ -89,17 +107,29 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def bindings(self, host_id: str) -> dict[str, str]:
-        """docker_network_id -> cluster network_id for every network bound on the host."""
+        """docker_network_id -> cluster network_id for every network bound on the host. May name a
+        cluster network deleted from another host since: the host's own delete_network drops it."""
+
+    @abc.abstractmethod
+    def left_networks(self, host_id: str) -> set[str]:
+        """Cluster network ids the host left (delete_network returned False) and that still exist:
+        the host's daemon must not get them back. A mark goes when the host binds the network again
+        (create_network) and when the cluster network is deleted."""
 
     @abc.abstractmethod
     def set_network_name(self, network_id: str, name: str) -> None:
         """Record the name learned from a daemon. Unknown network: no-op."""
 
     @abc.abstractmethod
-    def delete_network(self, host_id: str, docker_network_id: str) -> None:
-        """Remove the host's binding, then the cluster network itself (record and VNI) if it has no
-        endpoints left anywhere. Raises Conflict, naming the hosts, if endpoints remain on other hosts
-        (nothing is changed then). Unknown binding: no-op."""
+    def delete_network(self, host_id: str, docker_network_id: str) -> bool:
+        """Remove the host's binding and the host's own leftover endpoints in the network; never
+        refuses (Docker ignores a DeleteNetwork error and removes the network anyway). Then, if no
+        endpoint remains on any host, or no other host binds the network, delete the cluster network
+        (record, VNI, pool mapping, every endpoint left in it, every host's "left" mark for it, and its
+        pool if every holder released it already) and return True: the other hosts see it vanish from
+        list_networks and watch. Otherwise the cluster network stays, the host is marked as having left
+        it (left_networks) and the answer is False. False too, with only the binding dropped, when the
+        cluster network was deleted already (another host's delete); unknown binding: no-op, False."""
 
     # -- endpoints ----------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -109,6 +139,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_endpoint(self, endpoint_id: str) -> Endpoint:
         """Raises NotFound."""
+
+    @abc.abstractmethod
+    def set_endpoint_name(self, endpoint_id: str, name: str) -> None:
+        """Set the container_name of an existing endpoint, changing nothing else, atomically: a
+        put event follows. Unknown endpoint (or one deleted meanwhile: the delete wins) or the same
+        name: no-op, never a write."""
 
     @abc.abstractmethod
     def delete_endpoint(self, endpoint_id: str) -> None:

@@ -9,17 +9,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from ipaddress import IPv4Network
 from typing import Any, TypeVar
 
 from . import alloc
-from .etcd_conn import OPS, EtcdConnection
+from .etcd_conn import OPS, EtcdConnection, Kv
 from .etcd_keys import (
+    POOLS,
     POOLS_INDEX,
     address_prefix,
     cursor_key,
     dump,
+    network_hosts_prefix,
     owner_prefix,
     pool_key,
+    pool_network_key,
+    prefix_unchanged,
     range_delete,
     unchanged,
 )
@@ -86,31 +91,49 @@ class EtcdIpam:
             raise NotFound(f"pool {pool_id} not found")
         return Pool.from_json(current[0])
 
+    def list_pools(self) -> list[Pool]:
+        items, _ = self._conn.prefix(POOLS)
+        return sorted((Pool.from_json(data) for _, (data, _) in items), key=lambda p: IPv4Network(p.subnet))
+
     def release_pool(self, host_id: str, pool_id: str) -> None:
+        mapping_key = pool_network_key(pool_id)
+
         def attempt(_: int) -> None:
-            index, current = self._conn.get(POOLS_INDEX, pool_key(pool_id))
+            index, current, mapping = self._conn.get(POOLS_INDEX, pool_key(pool_id), mapping_key)
             if current is None:
                 return None
             pool = Pool.from_json(current[0])
             if host_id not in pool.holders:
                 return None
             holders = tuple(h for h in pool.holders if h != host_id)
+            keep = [OPS.put(pool_key(pool_id), dump(replace(pool, holders=holders)))]
             if holders:
-                ops = [OPS.put(pool_key(pool_id), dump(replace(pool, holders=holders)))]
-                return self._txn([unchanged(pool_key(pool_id), current)], ops)
-            pools = {k: v for k, v in (index[0].get("pools", {}) if index else {}).items() if k != pool_id}
-            return self._txn(
-                [unchanged(pool_key(pool_id), current), unchanged(POOLS_INDEX, index)],
-                [
-                    OPS.put(POOLS_INDEX, dump({"pools": pools})),
-                    OPS.delete(pool_key(pool_id)),
-                    OPS.delete(cursor_key(pool_id)),
-                    range_delete(address_prefix(pool_id)),
-                    range_delete(owner_prefix(pool_id)),
-                ],
-            )
+                return self._txn([unchanged(pool_key(pool_id), current)], keep)
+            compare, drop = self._pool_deletion(pool_id, index, current)
+            compare.append(unchanged(mapping_key, mapping))
+            if mapping is not None:
+                prefix = network_hosts_prefix(mapping[0]["network_id"])
+                bound, revision = self._conn.prefix(prefix, keys_only=True)
+                if bound:  # Docker releases the pool before deleting the network: that deletion drops it
+                    still_bound = OPS.version(bound[0][0]) > 0
+                    unmoved = [unchanged(pool_key(pool_id), current), unchanged(mapping_key, mapping)]
+                    return self._txn([*unmoved, still_bound], keep)
+                compare.append(prefix_unchanged(prefix, revision))
+            return self._txn(compare, drop)
 
         self._retry("releasing a pool", attempt)
+
+    def _pool_deletion(self, pool_id: str, index: Kv | None, current: Kv | None) -> tuple[list, list]:
+        """Compares and operations that delete a pool read as ``current`` and every address in it."""
+        pools = {k: v for k, v in (index[0].get("pools", {}) if index else {}).items() if k != pool_id}
+        compare = [unchanged(pool_key(pool_id), current), unchanged(POOLS_INDEX, index)]
+        return compare, [
+            OPS.put(POOLS_INDEX, dump({"pools": pools})),
+            OPS.delete(pool_key(pool_id)),
+            OPS.delete(cursor_key(pool_id)),
+            range_delete(address_prefix(pool_id)),
+            range_delete(owner_prefix(pool_id)),
+        ]
 
     # -- addresses ----------------------------------------------------------------------------------
     def _taken(self, pool_id: str, pool_revision: int, refresh: bool) -> set[int]:

@@ -18,10 +18,12 @@ ENDPOINTS = TOPOLOGY + "endpoints/"
 POOLS_INDEX = ROOT + "pools-index"
 HOSTS = ROOT + "hosts/"
 VNIS = ROOT + "vnis/"
+POOLS = ROOT + "pools/"
+LEFT = ROOT + "left/"  # left/<network_id>/<host_id>: network-first, so deleting a network is one range
 
 
 def pool_key(pool_id: str) -> str:
-    return f"{ROOT}pools/{pool_id}"
+    return POOLS + pool_id
 
 
 def address_prefix(pool_id: str) -> str:
@@ -46,6 +48,10 @@ def binding_key(host_id: str, docker_network_id: str) -> str:
 
 def network_hosts_prefix(network_id: str) -> str:
     return f"{ROOT}network-hosts/{network_id}/"
+
+
+def left_prefix(network_id: str) -> str:
+    return f"{LEFT}{network_id}/"
 
 
 def endpoint_key(network_id: str, endpoint_id: str) -> str:
@@ -73,3 +79,9 @@ def unchanged(key: str, kv: Kv | None) -> Any:
 
 def range_delete(prefix: str) -> Any:
     return OPS.delete(prefix, range_end=prefix_range_end(prefix.encode()))
+
+
+def prefix_unchanged(prefix: str, revision: int) -> Any:
+    """A compare that holds if no key under ``prefix`` was created or modified after ``revision``.
+    Deletions are not seen: a decision that needs a key to still exist also compares that key."""
+    return OPS.mod(prefix, prefix_range_end(prefix.encode())) < revision + 1

@@ -146,8 +146,9 @@ class NetworkService:
             self.store.put_endpoint(endpoint)
         mtu = self.mtu_for(network)
         try:
-            # a network whose devices vanished (host reboot) is rebuilt rather than failing the endpoint
-            self.dataplane.ensure_network(network.vni, mtu, self.vtep, self.vxlan_port)
+            if network.vni not in self.dataplane.network_vnis():
+                # devices vanished (host reboot): rebuild rather than fail; the reconciler checks drift
+                self.dataplane.ensure_network(network.vni, mtu, self.vtep, self.vxlan_port)
             self.dataplane.ensure_endpoint(network.vni, req.endpoint_id, mac, mtu)
         except DataplaneError:
             self._remove_endpoint(req.endpoint_id)

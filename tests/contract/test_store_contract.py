@@ -7,32 +7,10 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from kvstore import (
-    GATEWAY_OWNER,
-    Conflict,
-    Endpoint,
-    Exhausted,
-    Host,
-    InvalidRequest,
-    Network,
-    NotFound,
-    Store,
-)
+from kvstore import GATEWAY_OWNER, Conflict, Endpoint, Exhausted, Host, InvalidRequest, NotFound, Store
 from kvstore.alloc import VNI_MAX, VNI_MIN
 
-RANGE = "10.200.0.0/16"
-
-
-def pool(store: Store, subnet: str | None, host: str = "h1", ip_range: str | None = None, size: int = 24):
-    return store.request_pool(host, subnet, ip_range, RANGE, size)
-
-
-def network(store: Store, host: str, docker_id: str, pool_id: str | None = None) -> Network:
-    return store.create_network(host, docker_id, Network(network_id=docker_id, vni=0, pool_id=pool_id))
-
-
-def endpoint(eid: str, network_id: str, host: str, mac: str = "02:00:00:00:00:01") -> Endpoint:
-    return Endpoint(eid, network_id, host, vtep="192.0.2.1", mac=mac, address="10.1.0.5/24")
+from .records import endpoint, network, pool
 
 
 # -- hosts ------------------------------------------------------------------------------------------
@@ -88,6 +66,18 @@ def test_default_range_carving(store: Store) -> None:
     assert small == ["10.201.0.0/30", "10.201.0.4/30"]
     with pytest.raises(Exhausted):
         store.request_pool("h1", None, None, "10.201.0.0/29", 30)
+
+
+def test_list_pools(make_store) -> None:
+    a, b = make_store(), make_store()
+    assert a.list_pools() == []
+    pool(a, "10.10.0.0/24", "h1")
+    pool(a, "10.9.0.0/24", "h1", ip_range="10.9.0.128/25")
+    pool(b, "10.10.0.0/24", "h2")
+    assert [(p.pool_id, p.ip_range, p.holders) for p in b.list_pools()] == [
+        ("10.9.0.0/24", "10.9.0.128/25", ("h1",)),  # by subnet, not by text
+        ("10.10.0.0/24", None, ("h1", "h2")),
+    ]
 
 
 def test_release_pool_by_last_holder_deletes_it(make_store) -> None:
@@ -193,30 +183,6 @@ def test_network_create_bind_and_lookups(make_store) -> None:
     assert plain.pool_id is None and plain.vni != created.vni
 
 
-def test_delete_network_with_remote_endpoints_conflicts(make_store) -> None:
-    a, b = make_store(), make_store()
-    p = pool(a, "10.1.0.0/24", "h1")
-    net = network(a, "h1", "dockA", p.pool_id)
-    network(b, "h2", "dockB", p.pool_id)
-    b.put_endpoint(endpoint("e2", net.network_id, "h2"))
-    a.put_endpoint(endpoint("e1", net.network_id, "h1"))  # stale local endpoint
-    with pytest.raises(Conflict, match="endpoints on hosts h2"):
-        a.delete_network("h1", "dockA")
-    assert a.bindings("h1") == {"dockA": "dockA"}  # nothing changed
-    assert len(a.list_endpoints(net.network_id)) == 2
-    b.delete_endpoint("e2")
-    a.delete_network("h1", "dockA")
-    a.delete_network("h1", "dockA")  # retry: unknown binding, no-op
-    assert a.bindings("h1") == {}
-    with pytest.raises(NotFound):
-        a.get_network(net.network_id)
-    assert a.list_endpoints() == []
-    b.delete_network("h2", "dockB")  # the other host follows
-    assert b.bindings("h2") == {}
-    again = network(b, "h2", "dockE", p.pool_id)  # the pool can carry a new network
-    assert again.network_id == "dockE" and again.vni == net.vni
-
-
 def test_vnis_are_unique_and_reused(store: Store) -> None:
     nets = [network(store, "h1", f"d{i}") for i in range(5)]
     vnis = [n.vni for n in nets]
@@ -243,6 +209,24 @@ def test_endpoint_crud(store: Store) -> None:
     with pytest.raises(NotFound):
         store.get_endpoint("e1")
     assert [e.endpoint_id for e in store.list_endpoints()] == ["e2"]
+
+
+def test_set_endpoint_name(store: Store) -> None:
+    net = network(store, "h1", "dockA")
+    e1 = store.put_endpoint(endpoint("e1", net.network_id, "h1"))
+    _, _, rev = store.snapshot()
+    store.set_endpoint_name("e1", "web")
+    store.set_endpoint_name("e1", "web")  # unchanged: no write
+    store.set_endpoint_name("nope", "db")  # unknown: no-op, never created
+    assert store.get_endpoint("e1") == Endpoint(**{**e1.__dict__, "container_name": "web"})
+    events = list(store.watch(rev + 1, timeout=0.3))
+    assert [(e.kind, e.action, e.key_id) for e in events] == [("endpoint", "put", "e1")]
+    assert events[0].record.container_name == "web"
+    store.delete_endpoint("e1")
+    store.set_endpoint_name("e1", "late")  # deleted: stays deleted
+    with pytest.raises(NotFound):
+        store.get_endpoint("e1")
+    assert store.list_endpoints() == []
 
 
 # -- snapshot and watch -----------------------------------------------------------------------------
