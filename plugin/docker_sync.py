@@ -148,7 +148,10 @@ class DockerSync:
         for docker_id in bindings:
             if docker_id not in local:
                 continue
-            local[docker_id].reload()
+            try:
+                local[docker_id].reload()
+            except docker.errors.NotFound:
+                continue  # removed since the listing
             for container_info in (local[docker_id].attrs.get("Containers") or {}).values():
                 names[container_info.get("EndpointID", "")] = container_info.get("Name", "")
         for endpoint_id, name in names.items():

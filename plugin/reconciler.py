@@ -83,8 +83,28 @@ class Reconciler:
             self.on_network_event(network.network_id, network)
         for network_id in self.bound:
             self.sync(network_id, ensure=True)
+        self.collect_devices()
         self.synced.set()
         return revision + 1
+
+    def collect_devices(self) -> None:
+        """Remove the devices of networks no longer bound here (removed on another host, or while the agent
+        was down). Devices are listed before bindings are read: a network being created has its binding
+        written before its devices, so it is never taken for garbage."""
+        present = self.dataplane.network_vnis()
+        wanted = set()
+        for network_id in self.store.bindings(self.host_id).values():
+            try:
+                wanted.add(self.store.get_network(network_id).vni)
+            except NotFound:
+                continue
+        for vni in present - wanted:
+            log.info("removing devices of VNI %d: no network bound here uses it", vni)
+            try:
+                self.dataplane.delete_network(vni)
+            except DataplaneError as exc:
+                self.errors += 1
+                log.warning("VNI %d: %s", vni, exc)
 
     def follow(self, revision: int) -> int:
         """Apply watch events from ``revision`` until the watch is idle; return the next revision."""
@@ -113,7 +133,8 @@ class Reconciler:
         if not dirty:
             return
         self.bound = set(self.store.bindings(self.host_id).values())
-        for network_id in dirty:
+        self.collect_devices()
+        for network_id in dirty - {""}:
             try:
                 self.networks[network_id] = self.store.get_network(network_id)
             except NotFound:

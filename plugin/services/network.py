@@ -92,7 +92,11 @@ class NetworkService:
         try:
             network = self.store.network_for(self.host_id, docker_network_id)
         except NotFound:
-            return  # already gone: a resent request
+            # a resent request, or the cluster network was removed on another host: drop what is left of
+            # the binding; the reconciler removes devices no bound network wants
+            self.store.delete_network(self.host_id, docker_network_id)
+            self.on_change("")
+            return
         for endpoint in self.store.list_endpoints(network.network_id):
             if endpoint.host_id == self.host_id:
                 # Docker only deletes networks without endpoints; these are leftovers of a crash
