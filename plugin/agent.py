@@ -113,6 +113,7 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        self.docker_sync.wake()  # its loop sleeps on the wake event
         for thread in self._threads:
             thread.join(timeout=5)
         self.store.close()

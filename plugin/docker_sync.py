@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from kvstore import Network, NotFound, Store, StoreError
 log = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 5.0
+STALE_SECONDS = 30.0  # how long an own endpoint may lack both veth and container before it is removed
 
 
 class DockerSync:
@@ -38,7 +40,7 @@ class DockerSync:
         self.store = store
         self.host_id = host_id
         self.local_endpoint_prefixes = local_endpoint_prefixes  # id prefixes of the veths on this host
-        self._stale: set[str] = set()  # own endpoints seen without veth or container once already
+        self._stale: dict[str, float] = {}  # own endpoint id -> since when it has no veth and no container
         self.driver_name = driver_name  # "" = found out from the daemon (managed plugins carry a tag)
         self.base_url = base_url
         self._wake = threading.Event()
@@ -165,17 +167,21 @@ class DockerSync:
 
     def _collect_own_garbage(self, joined: set[str]) -> None:
         """Endpoints of this host that lost both their veth and their container (the host rebooted, the
-        plugin was disabled when the container stopped) are removed with their address, once seen so on
-        two passes in a row."""
+        plugin was disabled when the container stopped) are removed with their address, once they have
+        looked so for STALE_SECONDS. CreateEndpoint writes the record before the veth: records are read
+        before links, and the grace period covers a request in flight."""
+        own = [e for e in self.store.list_endpoints() if e.host_id == self.host_id]
         prefixes = self.local_endpoint_prefixes()
+        now = time.monotonic()
         stale = {
-            e.endpoint_id
-            for e in self.store.list_endpoints()
-            if e.host_id == self.host_id
-            and e.endpoint_id not in joined
-            and e.endpoint_id[:12] not in prefixes
+            e.endpoint_id: self._stale.get(e.endpoint_id, now)
+            for e in own
+            if e.endpoint_id not in joined and e.endpoint_id[:12] not in prefixes
         }
-        for endpoint_id in stale & self._stale:
+        self._stale = stale
+        for endpoint_id, since in stale.items():
+            if now - since < STALE_SECONDS:
+                continue
             try:
                 endpoint = self.store.get_endpoint(endpoint_id)
                 network = self.store.get_network(endpoint.network_id)
@@ -185,7 +191,6 @@ class DockerSync:
             self.store.delete_endpoint(endpoint_id)
             if network.pool_id and endpoint.address:
                 self.store.release_address(network.pool_id, endpoint.address.split("/")[0])
-        self._stale = stale - self._stale
 
 
 def managed_plugin_id(mountinfo: str = "/proc/self/mountinfo") -> str | None:
