@@ -29,7 +29,9 @@ class PluginClient:
     def raw(self, method: str, body: bytes) -> tuple[int, Any]:
         conn = _UnixConnection(self.socket_path, self.timeout)
         try:
-            conn.request("POST", "/" + method, body=body, headers={"Accept": "application/vnd.docker.plugins.v1+json"})
+            conn.request(
+                "POST", "/" + method, body=body, headers={"Accept": "application/vnd.docker.plugins.v1+json"}
+            )
             resp = conn.getresponse()
             data = resp.read()
         finally:

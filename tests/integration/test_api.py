@@ -38,7 +38,7 @@ def create_network(client, subnet="10.30.0.0/24", network_id=None, repeat=1, mtu
 
 
 def create_endpoint(client, network_id, pool_id, repeat=1):
-    endpoint_id, mac = new_id(), "02:42:0a:1e:00:%02x" % (uuid.uuid4().int % 256)
+    endpoint_id, mac = new_id(), ":".join(f"{b:02x}" for b in (2, *uuid.uuid4().bytes[:5]))
     answers = set()
     for _ in range(repeat):
         answers.add(

@@ -31,10 +31,20 @@ def test_create_network_parses_docker_body():
         ({"NetworkID": "n", "IPv4Data": [{"Pool": "10.1.0.0/33"}]}, "not an IPv4 subnet"),
         ({"NetworkID": "n", "IPv4Data": "x"}, "must be list"),
         ({"NetworkID": "n", "IPv4Data": [{"Pool": "10.1.0.0/24", "Gateway": "nope"}]}, "CIDR"),
-        ({"NetworkID": "n", "Options": {"com.docker.network.generic": {"com.docker.network.driver.mtu": "x"}}},
-         "must be an integer"),
-        ({"NetworkID": "n", "Options": {"com.docker.network.generic": {"com.docker.network.driver.mtu": "9"}}},
-         "outside"),
+        (
+            {
+                "NetworkID": "n",
+                "Options": {"com.docker.network.generic": {"com.docker.network.driver.mtu": "x"}},
+            },
+            "must be an integer",
+        ),
+        (
+            {
+                "NetworkID": "n",
+                "Options": {"com.docker.network.generic": {"com.docker.network.driver.mtu": "9"}},
+            },
+            "outside",
+        ),
     ],
 )
 def test_create_network_refuses_bad_input(body, message):
@@ -44,13 +54,21 @@ def test_create_network_refuses_bad_input(body, message):
 
 def test_create_endpoint_parses_and_validates():
     req = m.CreateEndpointRequest.parse(
-        {"NetworkID": "n", "EndpointID": "e", "Interface": {"Address": "10.1.0.5/24", "MacAddress": "02:42:0A:01:00:05"}}
+        {
+            "NetworkID": "n",
+            "EndpointID": "e",
+            "Interface": {"Address": "10.1.0.5/24", "MacAddress": "02:42:0A:01:00:05"},
+        }
     )
     assert str(req.address) == "10.1.0.5/24" and req.mac == "02:42:0a:01:00:05"
     with pytest.raises(BadRequest, match="not a MAC"):
-        m.CreateEndpointRequest.parse({"NetworkID": "n", "EndpointID": "e", "Interface": {"MacAddress": "zz"}})
+        m.CreateEndpointRequest.parse(
+            {"NetworkID": "n", "EndpointID": "e", "Interface": {"MacAddress": "zz"}}
+        )
     with pytest.raises(BadRequest, match="IPv4 only"):
-        m.CreateEndpointRequest.parse({"NetworkID": "n", "EndpointID": "e", "Interface": {"Address": "fd00::1/64"}})
+        m.CreateEndpointRequest.parse(
+            {"NetworkID": "n", "EndpointID": "e", "Interface": {"Address": "fd00::1/64"}}
+        )
 
 
 def test_request_address_gateway_and_mac():
@@ -59,7 +77,11 @@ def test_request_address_gateway_and_mac():
     )
     assert gw.is_gateway and gw.mac is None
     req = m.RequestAddressRequest.parse(
-        {"PoolID": "p", "Address": "10.1.0.9", "Options": {"com.docker.network.endpoint.macaddress": "02:00:00:00:00:01"}}
+        {
+            "PoolID": "p",
+            "Address": "10.1.0.9",
+            "Options": {"com.docker.network.endpoint.macaddress": "02:00:00:00:00:01"},
+        }
     )
     assert req.address == "10.1.0.9" and req.mac == "02:00:00:00:00:01" and not req.is_gateway
     with pytest.raises(BadRequest, match="not an IPv4 address"):
