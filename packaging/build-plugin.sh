@@ -9,7 +9,7 @@ name=${PLUGIN_NAME:-pyoverlay:latest}
 base=${BASE:-python:3.11-slim-bookworm}
 local_base=${LOCAL_BASE:-pyoverlay-base:bookworm}
 image=${IMAGE:-pyoverlay-plugin:build}
-dir=build/plugin
+dir=${PLUGIN_DIR:-build/plugin}  # rootfs + config.json; only `docker plugin create` reads it
 
 # No registry reachable (offline lab host): fall back to a debootstrapped base, built once and cached.
 if ! "$docker" image inspect "$base" >/dev/null 2>&1 && ! timeout 120 "$docker" pull "$base" >/dev/null; then
