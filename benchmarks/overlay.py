@@ -216,19 +216,7 @@ def main() -> None:
     with Lab(2, name="pyobench", mtu=args.mtu, etcd=True) as lab:
         lab.start_agents()
         h1, h2 = lab.hosts
-        h1.docker(
-            "network",
-            "create",
-            "-d",
-            "pyoverlay",
-            "--ipam-driver",
-            "pyoverlay",
-            "--subnet",
-            "10.60.0.0/16",
-            "--ip-range",
-            "10.60.0.0/24",
-            "bench",
-        )
+        h1.create_network("bench", "--subnet", "10.60.0.0/16", "--ip-range", "10.60.0.0/24")
         deadline = time.monotonic() + 15
         while "bench" not in h2.docker("network", "ls", "--format", "{{.Name}}").stdout:
             assert time.monotonic() < deadline, "bench network did not reach h2"

@@ -70,17 +70,7 @@ def main() -> None:
     with Lab(1, name="pyosingle", etcd=False) as lab:
         h = lab.hosts[0]
         h.start_agent(extra_env={"LOG_LEVEL": "info"})
-        h.docker(
-            "network",
-            "create",
-            "-d",
-            "pyoverlay",
-            "--ipam-driver",
-            "pyoverlay",
-            "--subnet",
-            "10.62.0.0/24",
-            "pyo",
-        )
+        h.create_network("pyo", "--subnet", "10.62.0.0/24")
         h.docker("network", "create", "--subnet", "10.63.0.0/24", "bridged")
         over, bridge = [], []
         for _ in range(args.runs):  # interleaved, so drift on the machine hits both alike

@@ -12,13 +12,27 @@ from typing import Any
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
-        self.path = path
+        self.unix_path = path
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
-        sock.connect(self.path)
+        sock.connect(self.unix_path)
         self.sock = sock
+
+
+def unix_http(
+    path: str, method: str, url: str, body: bytes | None = None, timeout: float = 5
+) -> tuple[int, bytes]:
+    """One HTTP request over a unix socket; returns (status, body). Raises OSError if nobody listens."""
+    conn = _UnixConnection(path, timeout)
+    try:
+        # No Content-Type, as dockerd sends plugin requests.
+        conn.request(method, url, body=body, headers={"Accept": "application/vnd.docker.plugins.v1+json"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 class PluginClient:
@@ -27,19 +41,11 @@ class PluginClient:
         self.timeout = timeout
 
     def raw(self, method: str, body: bytes) -> tuple[int, Any]:
-        conn = _UnixConnection(self.socket_path, self.timeout)
+        status, data = unix_http(self.socket_path, "POST", "/" + method, body, self.timeout)
         try:
-            conn.request(
-                "POST", "/" + method, body=body, headers={"Accept": "application/vnd.docker.plugins.v1+json"}
-            )
-            resp = conn.getresponse()
-            data = resp.read()
-        finally:
-            conn.close()
-        try:
-            return resp.status, json.loads(data) if data else None
+            return status, json.loads(data) if data else None
         except ValueError:
-            return resp.status, data.decode(errors="replace")
+            return status, data.decode(errors="replace")
 
     def call(self, method: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         return self.raw(method, json.dumps(body or {}).encode())

@@ -59,20 +59,8 @@ def pyoverlay_leftovers(h, subnets: tuple[str, ...] = ()) -> list[str]:
 
 def test_network_containers_talk_by_ip_and_name(host):
     h, image = host, host.lab.image
-    h.docker(
-        "network",
-        "create",
-        "-d",
-        "pyoverlay",
-        "--ipam-driver",
-        "pyoverlay",
-        "--subnet",
-        "10.40.0.0/24",
-        "--gateway",
-        "10.40.0.254",
-        "--ip-range",
-        "10.40.0.128/25",
-        "net1",
+    h.create_network(
+        "net1", "--subnet", "10.40.0.0/24", "--gateway", "10.40.0.254", "--ip-range", "10.40.0.128/25"
     )
     inspect = json.loads(h.docker("network", "inspect", "net1").stdout)[0]
     assert inspect["IPAM"]["Config"][0]["Gateway"] == "10.40.0.254"
@@ -96,7 +84,7 @@ def test_network_containers_talk_by_ip_and_name(host):
     assert in_container(h, "cc", "ping", "-c", "1", "-W", "1", a_ip, check=False).returncode != 0
 
     # a second network is isolated from the first
-    h.docker("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "net2")
+    h.create_network("net2")
     h.docker("run", "-d", "--name", "cd", "--network", "net2", image, "sleep", "600")
     assert in_container(h, "cd", "ping", "-c", "1", "-W", "1", a_ip, check=False).returncode != 0
 
@@ -107,19 +95,7 @@ def test_network_containers_talk_by_ip_and_name(host):
 
 def test_mtu_option_and_address_reuse(host):
     h, image = host, host.lab.image
-    h.docker(
-        "network",
-        "create",
-        "-d",
-        "pyoverlay",
-        "--ipam-driver",
-        "pyoverlay",
-        "--subnet",
-        "10.41.0.0/29",
-        "-o",
-        "com.docker.network.driver.mtu=1400",
-        "small",
-    )
+    h.create_network("small", "--subnet", "10.41.0.0/29", "-o", "com.docker.network.driver.mtu=1400")
     names = [f"s{i}" for i in range(5)]  # .1 is the gateway: .2-.6 fill the /29
     for name in names:
         h.docker("run", "-d", "--name", name, "--network", "small", image, "sleep", "600")
@@ -154,7 +130,7 @@ def test_docker_default_ipam(host):
 
 def test_agent_restart_keeps_containers_talking(host):
     h, image = host, host.lab.image
-    h.docker("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "net1")
+    h.create_network("net1")
     h.docker("run", "-d", "--name", "ca", "--network", "net1", image, "sleep", "600")
     h.docker("run", "-d", "--name", "cb", "--network", "net1", image, "sleep", "600")
     links_before = h.run(["ip", "-o", "link"]).stdout

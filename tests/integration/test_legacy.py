@@ -18,7 +18,8 @@ import pytest
 
 from tests.lab.fixtures import lab_image_tar, make_lab  # noqa: F401
 from tests.lab.host import LabHost
-from tests.lab.system import unix_http, wait_until
+from tests.lab.system import wait_until
+from tests.plugin_client import unix_http
 
 pytestmark = pytest.mark.integration
 
@@ -161,17 +162,7 @@ def test_unit_and_spec_file_serve_dockerd(legacy):
     assert h.run(["cat", "/etc/docker/plugins/pyoverlay.spec"]).stdout.strip() == f"unix://{spec_socket()}"
     assert service.env["SOCKET"] == "/run/pyoverlay/pyoverlay.sock"
 
-    h.docker(
-        "network",
-        "create",
-        "-d",
-        "pyoverlay",
-        "--ipam-driver",
-        "pyoverlay",
-        "--subnet",
-        "10.70.0.0/24",
-        "web",
-    )
+    h.create_network("web", "--subnet", "10.70.0.0/24")
     inspect = json.loads(h.docker("network", "inspect", "web").stdout)[0]
     assert inspect["Driver"] == "pyoverlay" and inspect["IPAM"]["Driver"] == "pyoverlay"
     h.docker("run", "-d", "--init", "--name", "w1", "--network", "web", image, "sleep", "600")

@@ -11,8 +11,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tests.plugin_client import unix_http
+
 from .image import IMAGE_TAG, IMPORT_CHANGES
-from .system import DF_PING_SCRIPT, log_tail, terminate, unix_http, wait_until
+from .system import DF_PING_SCRIPT, log_tail, terminate, wait_until
 
 if TYPE_CHECKING:
     import docker
@@ -251,6 +253,14 @@ class LabHost:
         if check and proc.returncode != 0:
             raise CommandFailed(proc.returncode, proc.args, proc.stdout, proc.stderr)
         return proc
+
+    def create_network(
+        self, name: str, *options: str, driver: str = "pyoverlay", check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """`docker network create -d DRIVER --ipam-driver DRIVER OPTIONS… NAME` on this host."""
+        return self.docker(
+            "network", "create", "-d", driver, "--ipam-driver", driver, *options, name, check=check
+        )
 
     def client(self) -> docker.DockerClient:
         """A docker SDK client for this host (API version negotiated: the daemon is 20.10)."""

@@ -6,7 +6,6 @@ import contextlib
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -184,36 +183,10 @@ def mounts_under(prefixes: Iterable[str]) -> list[str]:
     return found
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
-
-
-def unix_http(
-    path: str, method: str, url: str, body: bytes | None = None, timeout: float = 5
-) -> tuple[int, bytes]:
-    """One HTTP request over a unix socket; returns (status, body). Raises OSError if nobody listens."""
-    conn = _UnixHTTPConnection(path, timeout)
-    try:
-        # No Content-Type, as dockerd sends plugin requests.
-        conn.request(method, url, body=body, headers={"Accept": "application/vnd.docker.plugins.v1+json"})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
 def wait_until(
     predicate: Callable[[], object],
-    timeout: float,
-    what: str,
+    timeout: float = 20.0,
+    what: str = "condition",
     proc: subprocess.Popen[Any] | None = None,
     log: Path | None = None,
 ) -> object:

@@ -35,6 +35,7 @@ from tests.lab.registry import (
     registry_available,
     remove_plugin,
 )
+from tests.lab.system import wait_until as wait_for
 from tests.plugin_client import PluginClient
 
 pytestmark = pytest.mark.lab
@@ -63,16 +64,6 @@ def say(request: pytest.FixtureRequest, line: str) -> None:
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         print(f"\n{line}", flush=True)
-
-
-def wait_for(check, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.2)
 
 
 # --- build, push, install -------------------------------------------------------------------------
@@ -253,7 +244,7 @@ def plugin_log(h: LabHost, since: int = 0) -> str:
 
 def create_network(cluster: Cluster, name: str, subnet: str) -> None:
     h1, h2 = cluster.hosts
-    h1.docker("network", "create", "-d", DRIVER, "--ipam-driver", DRIVER, "--subnet", subnet, name)
+    h1.create_network(name, "--subnet", subnet, driver=DRIVER)
 
     # h2's agent sees the cluster network in etcd and creates it in its own daemon
     def on_h2():

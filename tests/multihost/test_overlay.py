@@ -10,20 +10,11 @@ import time
 import pytest
 
 from tests.lab.fixtures import lab_image_tar, make_lab  # noqa: F401
+from tests.lab.system import wait_until as wait_for
 
 pytestmark = pytest.mark.lab
 
 SLEEP = ("sleep", "3600")
-
-
-def wait_for(check, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.2)
 
 
 def networks(h) -> dict[str, dict]:
@@ -34,7 +25,7 @@ def networks(h) -> dict[str, dict]:
 
 
 def create_everywhere(lab, name: str, *args: str) -> None:
-    lab.hosts[0].docker("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", *args, name)
+    lab.hosts[0].create_network(name, *args)
     for h in lab.hosts[1:]:
         wait_for(lambda h=h: name in networks(h), what=f"{name} on {h.name}")
 
