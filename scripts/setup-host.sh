@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "setup-host.sh: run as root (sudo)" >&2; exit 1; }
 
 packages=(docker.io iptables busybox-static curl python3 python3-venv)
-[ "${1:-}" = "--test" ] && packages+=(etcd-server etcd-client iperf3 docker-registry)
+[ "${1:-}" = "--test" ] && packages+=(etcd-server etcd-client iperf3 docker-registry debootstrap make)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
