@@ -38,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
 def _operate(args: argparse.Namespace, settings: settings_mod.Settings) -> int:
     from kvstore import StoreError, open_store
 
-    store = open_store(list(settings.etcd_endpoints), settings.state_dir)
+    store = open_store(
+        list(settings.etcd_endpoints),
+        settings.state_dir,
+        ca_cert=settings.etcd_ca_cert or None,
+        cert_cert=settings.etcd_cert or None,
+        cert_key=settings.etcd_key or None,
+    )
     try:
         if args.command == "hosts":
             alive = {h.host_id: h for h in store.list_hosts()}

@@ -35,14 +35,12 @@ class DockerSync:
         host_id: str,
         local_endpoint_prefixes: Callable[[], set[str]],
         driver_name: str = "",
-        base_url: str | None = None,
     ) -> None:
         self.store = store
         self.host_id = host_id
         self.local_endpoint_prefixes = local_endpoint_prefixes  # id prefixes of the veths on this host
         self._stale: dict[str, float] = {}  # own endpoint id -> since when it has no veth and no container
         self.driver_name = driver_name  # "" = found out from the daemon (managed plugins carry a tag)
-        self.base_url = base_url
         self._wake = threading.Event()
         self._client: docker.DockerClient | None = None
 
@@ -64,20 +62,13 @@ class DockerSync:
 
     def _docker(self) -> docker.DockerClient:
         if self._client is None:
-            kwargs: dict[str, Any] = {"timeout": 30}
-            self._client = (
-                docker.DockerClient(base_url=self.base_url, **kwargs)
-                if self.base_url
-                else docker.from_env(**kwargs)
-            )
+            self._client = docker.from_env(timeout=30)  # DOCKER_HOST names the daemon
         return self._client
 
     def _follow_events(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                client = (
-                    docker.from_env() if not self.base_url else docker.DockerClient(base_url=self.base_url)
-                )
+                client = docker.from_env()
                 for _ in client.events(decode=True, filters={"type": ["network", "container"]}):
                     self._wake.set()
                     if stop.is_set():
@@ -189,8 +180,14 @@ class DockerSync:
                 continue
             log.info("removing endpoint %s: no veth and no container on this host", endpoint_id[:12])
             self.store.delete_endpoint(endpoint_id)
-            if network.pool_id and endpoint.address:
-                self.store.release_address(network.pool_id, endpoint.address.split("/")[0])
+            address = endpoint.address.split("/")[0] if endpoint.address else None
+            # only while the endpoint's MAC still owns it: Docker may have released it to another container
+            if (
+                network.pool_id
+                and address
+                and self.store.list_addresses(network.pool_id).get(address) == endpoint.mac
+            ):
+                self.store.release_address(network.pool_id, address)
 
 
 def managed_plugin_id(mountinfo: str = "/proc/self/mountinfo") -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .errors import BadRequest
@@ -18,6 +18,7 @@ GATEWAY_TYPE = "com.docker.network.gateway"
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _ID = re.compile(r"^[0-9A-Za-z_.-]{1,128}$")
+_ENDPOINT_ID = re.compile(r"^[0-9A-Za-z]{12,128}$")  # interface names are derived from the first 12
 
 T = TypeVar("T")
 
@@ -35,9 +36,9 @@ def _get(
     return value
 
 
-def _ident(body: dict[str, Any], key: str) -> str:
+def _ident(body: dict[str, Any], key: str, pattern: re.Pattern[str] = _ID) -> str:
     value = _get(body, key, str, required=True)
-    if not _ID.match(value):
+    if not pattern.match(value):
         raise BadRequest(f"field {key!r} is not a valid ID: {value!r}")
     return value
 
@@ -75,7 +76,6 @@ class IPv4Data:
     address_space: str
     pool: str  # subnet, CIDR
     gateway: str | None  # CIDR ("10.0.0.1/24") as Docker sends it
-    aux_addresses: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,6 @@ class CreateNetworkRequest:
                     address_space=_get(item, "AddressSpace", str, ""),
                     pool=pool,
                     gateway=gateway,
-                    aux_addresses=_str_map(item.get("AuxAddresses"), "IPv4Data.AuxAddresses"),
                 )
             )
         ipv6 = _get(body, "IPv6Data", list, [])
@@ -150,7 +149,7 @@ class EndpointRequest:
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> EndpointRequest:
-        return cls(network_id=_ident(body, "NetworkID"), endpoint_id=_ident(body, "EndpointID"))
+        return cls(network_id=_ident(body, "NetworkID"), endpoint_id=_ident(body, "EndpointID", _ENDPOINT_ID))
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,7 @@ class CreateEndpointRequest:
         mac = _get(iface, "MacAddress", str) or None
         return cls(
             network_id=_ident(body, "NetworkID"),
-            endpoint_id=_ident(body, "EndpointID"),
+            endpoint_id=_ident(body, "EndpointID", _ENDPOINT_ID),
             address=parse_interface_cidr(address, "Interface.Address") if address else None,
             ipv6_address=_get(iface, "AddressIPv6", str) or None,
             mac=parse_mac(mac, "Interface.MacAddress") if mac else None,
@@ -184,7 +183,6 @@ class RequestPoolRequest:
     pool: str | None
     sub_pool: str | None
     v6: bool
-    options: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> RequestPoolRequest:
@@ -193,7 +191,6 @@ class RequestPoolRequest:
             pool=_get(body, "Pool", str) or None,
             sub_pool=_get(body, "SubPool", str) or None,
             v6=_get(body, "V6", bool, False),
-            options=_str_map(body.get("Options"), "Options"),
         )
 
 

@@ -26,7 +26,7 @@ class AgentServer(BaseApplication):
             "workers": 1,
             "worker_class": "gthread",
             "threads": self.settings.workers_threads,
-            # Docker waits on us; a request blocked on etcd fails at the store's own timeout well before this
+            # the worker's heartbeat to the master; a slow request is bounded by the store's own timeouts
             "timeout": 120,
             "graceful_timeout": 5,
             "umask": 0o077,

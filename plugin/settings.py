@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 
@@ -102,13 +102,17 @@ def _validate(raw: dict[str, str]) -> Settings:
             raise SystemExit(f"pyoverlay: ADVERTISE_ADDR {settings.advertise_addr!r} is not IPv4") from None
     if not 1 <= settings.vxlan_port <= 65535:
         raise SystemExit("pyoverlay: VXLAN_PORT must be between 1 and 65535")
+    if settings.host_ttl < 3:
+        raise SystemExit("pyoverlay: HOST_TTL must be at least 3 seconds")
+    if not 1 <= settings.workers_threads <= 256:
+        raise SystemExit("pyoverlay: WORKERS_THREADS must be between 1 and 256")
+    if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise SystemExit(
+            f"pyoverlay: LOG_LEVEL must be debug, info, warning or error, got {settings.log_level!r}"
+        )
     return settings
 
 
 def _endpoint(value: str) -> str:
     value = value.strip()
     return value if "://" in value else "http://" + value
-
-
-def describe(settings: Settings) -> Sequence[str]:
-    return [f"{f.name}={getattr(settings, f.name)!r}" for f in fields(Settings)]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import uuid
 from dataclasses import dataclass
 
 from kvstore import GATEWAY_OWNER, NotFound, Store
 
 from ..errors import BadRequest, ConflictError
-from ..messages import ReleaseAddressRequest, RequestAddressRequest, RequestPoolRequest
+from ..messages import MAC_OPTION, ReleaseAddressRequest, RequestAddressRequest, RequestPoolRequest
 
 ADDRESS_SPACE = "pyoverlay"
 
@@ -72,7 +71,8 @@ class IpamService:
         elif req.address:
             owner = f"static:{req.address}"  # e.g. --aux-address: the address itself is the key
         else:
-            owner = f"anonymous:{uuid.uuid4()}"
+            # without a key a resent request would take a second address
+            raise BadRequest(f"RequestAddress needs a MAC address ({MAC_OPTION}) or an Address")
         address = self.store.reserve_address(pool.pool_id, owner, self.host_id, req.address)
         prefixlen = ipaddress.IPv4Network(pool.subnet).prefixlen
         return {"Address": f"{address}/{prefixlen}", "Data": {}}

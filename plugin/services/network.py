@@ -3,6 +3,7 @@ after a crash finds the record and only has to ensure the devices; a kernel fail
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
@@ -20,8 +21,8 @@ log = logging.getLogger(__name__)
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 
-def fix_command(name_hint: str = "NAME") -> str:
-    return f"docker network create -d pyoverlay --ipam-driver pyoverlay [--subnet CIDR] {name_hint}"
+def fix_command() -> str:
+    return "docker network create -d pyoverlay --ipam-driver pyoverlay [--subnet CIDR] NAME"
 
 
 @dataclass
@@ -77,7 +78,9 @@ class NetworkService:
         try:
             self.dataplane.ensure_network(network.vni, self.mtu_for(network), self.vtep, self.vxlan_port)
         except DataplaneError:
-            if existing is None:
+            # Undo only a network this request made: deleting one made elsewhere would remove it (or this
+            # host's membership) cluster-wide. A binding to it is left for a resent request to reuse.
+            if existing is None and network.network_id == req.network_id:
                 self._undo_create(req.network_id, network)
             raise
         self.on_change(network.network_id)
@@ -97,13 +100,16 @@ class NetworkService:
             self.store.delete_network(self.host_id, docker_network_id)
             self.on_change("")
             return
-        for endpoint in self.store.list_endpoints(network.network_id):
+        endpoints = self.store.list_endpoints(network.network_id)
+        for endpoint in endpoints:
             if endpoint.host_id == self.host_id:
-                # Docker only deletes networks without endpoints; these are leftovers of a crash
-                self._remove_endpoint(endpoint.endpoint_id)
+                # Docker only deletes networks without endpoints: these are leftovers of a crash, whose
+                # records store.delete_network removes; their veths go with the bridge below
+                with contextlib.suppress(DataplaneError):
+                    self.dataplane.delete_endpoint(endpoint.endpoint_id)
         if not self.store.delete_network(self.host_id, docker_network_id):
             # Docker ignores a DeleteNetwork error, so this cannot be refused: the host leaves the network
-            hosts = sorted({e.host_id for e in self.store.list_endpoints(network.network_id)})
+            hosts = sorted({e.host_id for e in endpoints if e.host_id != self.host_id})
             if hosts:
                 log.warning(
                     "network %s still has endpoints on hosts %s: removed from this host only",
@@ -164,8 +170,10 @@ class NetworkService:
         self._remove_endpoint(req.endpoint_id)
 
     def _remove_endpoint(self, endpoint_id: str) -> None:
-        self.dataplane.delete_endpoint(endpoint_id)
-        self.store.delete_endpoint(endpoint_id)
+        try:
+            self.dataplane.delete_endpoint(endpoint_id)
+        finally:
+            self.store.delete_endpoint(endpoint_id)
 
     def endpoint(self, req: EndpointRequest) -> Endpoint:
         try:
@@ -178,7 +186,7 @@ class NetworkService:
 
     def join(self, req: EndpointRequest) -> dict[str, object]:
         endpoint = self.endpoint(req)
-        network = self.network(req.network_id)
+        network = self.store.get_network(endpoint.network_id)
         container_side = self.dataplane.ensure_endpoint(
             network.vni, endpoint.endpoint_id, endpoint.mac, self.mtu_for(network)
         )

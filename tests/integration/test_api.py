@@ -156,9 +156,21 @@ BAD_REQUESTS = [
         b'{"NetworkID": "n1", "IPv4Data": [{"AddressSpace": "pyoverlay", "Pool": "10.77.0.0/24"}]}',
         "10.77.0.0/24",
     ),
-    ("NetworkDriver.CreateEndpoint", b'{"NetworkID": "nope", "EndpointID": "e1"}', "not a pyoverlay network"),
-    ("NetworkDriver.Join", b'{"NetworkID": "nope", "EndpointID": "e1"}', "not known"),
-    ("NetworkDriver.EndpointOperInfo", b'{"NetworkID": "nope", "EndpointID": "e1"}', "not known"),
+    (
+        "NetworkDriver.CreateEndpoint",
+        b'{"NetworkID": "nope", "EndpointID": "e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1"}',
+        "not a pyoverlay network",
+    ),
+    (
+        "NetworkDriver.Join",
+        b'{"NetworkID": "nope", "EndpointID": "e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1"}',
+        "not known",
+    ),
+    (
+        "NetworkDriver.EndpointOperInfo",
+        b'{"NetworkID": "nope", "EndpointID": "e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1"}',
+        "not known",
+    ),
     ("IpamDriver.RequestPool", b'{"AddressSpace": "pyoverlay", "Pool": "10.1.0.0/40"}', "not a subnet"),
     ("IpamDriver.RequestPool", b'{"AddressSpace": "pyoverlay", "Pool": "10.1.0.7/24"}', "host bits"),
     (

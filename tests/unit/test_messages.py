@@ -52,22 +52,33 @@ def test_create_network_refuses_bad_input(body, message):
         m.CreateNetworkRequest.parse(body)
 
 
+EID = "0123456789ab" * 2
+
+
+def test_endpoint_ids_must_name_interfaces():
+    with pytest.raises(BadRequest, match="not a valid ID"):
+        m.EndpointRequest.parse({"NetworkID": "n", "EndpointID": "short"})
+    with pytest.raises(BadRequest, match="not a valid ID"):
+        m.EndpointRequest.parse({"NetworkID": "n", "EndpointID": "a.b-c_0123456789"})
+    assert m.EndpointRequest.parse({"NetworkID": "n", "EndpointID": EID}).endpoint_id == EID
+
+
 def test_create_endpoint_parses_and_validates():
     req = m.CreateEndpointRequest.parse(
         {
             "NetworkID": "n",
-            "EndpointID": "e",
+            "EndpointID": EID,
             "Interface": {"Address": "10.1.0.5/24", "MacAddress": "02:42:0A:01:00:05"},
         }
     )
     assert str(req.address) == "10.1.0.5/24" and req.mac == "02:42:0a:01:00:05"
     with pytest.raises(BadRequest, match="not a MAC"):
         m.CreateEndpointRequest.parse(
-            {"NetworkID": "n", "EndpointID": "e", "Interface": {"MacAddress": "zz"}}
+            {"NetworkID": "n", "EndpointID": EID, "Interface": {"MacAddress": "zz"}}
         )
     with pytest.raises(BadRequest, match="IPv4 only"):
         m.CreateEndpointRequest.parse(
-            {"NetworkID": "n", "EndpointID": "e", "Interface": {"Address": "fd00::1/64"}}
+            {"NetworkID": "n", "EndpointID": EID, "Interface": {"Address": "fd00::1/64"}}
         )
 
 

@@ -29,6 +29,9 @@ def test_env_and_flags_mean_the_same_and_flags_win():
         {"DEFAULT_POOL": "10.0.0.0/33"},
         {"ADVERTISE_ADDR": "host"},
         {"DEFAULT_POOL": "10.0.0.0/16", "DEFAULT_POOL_SIZE": "8"},
+        {"HOST_TTL": "0"},
+        {"WORKERS_THREADS": "0"},
+        {"LOG_LEVEL": "chatty"},
     ],
 )
 def test_bad_settings_stop_with_a_message(env):
