@@ -131,6 +131,11 @@ class Store(abc.ABC):
         it (left_networks) and the answer is False. False too, with only the binding dropped, when the
         cluster network was deleted already (another host's delete); unknown binding: no-op, False."""
 
+    @abc.abstractmethod
+    def unbind(self, host_id: str, docker_network_id: str) -> None:
+        """Drop only this host's binding, to undo a join that failed: the cluster network, its endpoints
+        and other hosts' bindings stay, and no "left" mark is set. Unknown binding: no-op."""
+
     # -- endpoints ----------------------------------------------------------------------------------
     @abc.abstractmethod
     def put_endpoint(self, endpoint: Endpoint) -> Endpoint:

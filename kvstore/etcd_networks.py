@@ -142,6 +142,21 @@ class EtcdNetworks(EtcdIpam):
 
         self._retry("renaming a network", attempt)
 
+    def unbind(self, host_id: str, docker_network_id: str) -> None:
+        this_binding = binding_key(host_id, docker_network_id)
+
+        def attempt(_: int) -> None:
+            [binding] = self._conn.get(this_binding)
+            if binding is None:
+                return None
+            host_key = network_hosts_prefix(binding[0]["network_id"]) + host_id
+            done = self._txn(
+                [unchanged(this_binding, binding)], [OPS.delete(this_binding), OPS.delete(host_key)]
+            )
+            return RETRY if done is RETRY else None
+
+        self._retry("unbinding a network", attempt)
+
     def delete_network(self, host_id: str, docker_network_id: str) -> bool:
         return self._unbind(host_id, docker_network_id, forgetting=False)
 

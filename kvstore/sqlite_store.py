@@ -120,6 +120,13 @@ class SqliteStore(SqliteIpam, Store):
             rows = db.execute("SELECT network_id FROM left_networks WHERE host_id = ?", (host_id,))
             return {r[0] for r in rows.fetchall()}
 
+    def unbind(self, host_id: str, docker_network_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM bindings WHERE host_id = ? AND docker_network_id = ?",
+                (host_id, docker_network_id),
+            )
+
     def delete_network(self, host_id: str, docker_network_id: str) -> bool:
         with self._tx() as db:
             return self._unbind(db, host_id, docker_network_id, forgetting=False)

@@ -40,6 +40,7 @@ class DockerSync:
         self.host_id = host_id
         self.local_endpoint_prefixes = local_endpoint_prefixes  # id prefixes of the veths on this host
         self._stale: dict[str, float] = {}  # own endpoint id -> since when it has no veth and no container
+        self._missing: dict[str, float] = {}  # bound Docker network id -> since when this daemon lacks it
         self.driver_name = driver_name  # "" = found out from the daemon (managed plugins carry a tag)
         self._wake = threading.Event()
         self._client: docker.DockerClient | None = None
@@ -89,6 +90,7 @@ class DockerSync:
         local = {n.id: n for n in client.networks.list(filters={"driver": driver})}
         bindings = self.store.bindings(self.host_id)
         cluster = {n.network_id: n for n in self.store.list_networks()}
+        self._sweep_bindings(bindings, local)
         for docker_id, network_id in bindings.items():
             network = cluster.get(network_id)
             if network is None:
@@ -109,6 +111,18 @@ class DockerSync:
                 continue
             self._create_local(client, driver, network)
         self._learn_container_names(client, local, bindings)
+
+    def _sweep_bindings(self, bindings: dict[str, str], local: dict[str, Any]) -> None:
+        """A binding whose network this daemon no longer has (its DeleteNetwork failed, e.g. with etcd
+        down: Docker removed the network anyway) is deleted as that DeleteNetwork would have, once it has
+        looked so for STALE_SECONDS (a CreateNetwork in flight has its binding before Docker lists it)."""
+        now = time.monotonic()
+        missing = {d: self._missing.get(d, now) for d in bindings if d not in local}
+        self._missing = missing
+        for docker_id, since in missing.items():
+            if now - since >= STALE_SECONDS:
+                log.info("network %s is gone from this daemon: removing its binding", docker_id[:12])
+                self.store.delete_network(self.host_id, docker_id)
 
     def _create_local(self, client: docker.DockerClient, driver: str, network: Network) -> None:
         log.info("creating network %s (%s), made on another host", network.name, network.subnet)

@@ -78,10 +78,11 @@ class NetworkService:
         try:
             self.dataplane.ensure_network(network.vni, self.mtu_for(network), self.vtep, self.vxlan_port)
         except DataplaneError:
-            # Undo only a network this request made: deleting one made elsewhere would remove it (or this
-            # host's membership) cluster-wide. A binding to it is left for a resent request to reuse.
             if existing is None and network.network_id == req.network_id:
                 self._undo_create(req.network_id, network)
+            elif existing is None:
+                # joined a network made elsewhere: deleting it would remove it (or our membership) for all
+                self.store.unbind(self.host_id, req.network_id)
             raise
         self.on_change(network.network_id)
 

@@ -182,3 +182,14 @@ def test_forget_host_keeps_a_pool_its_network_still_uses(make_store) -> None:
     assert [n.network_id for n in b.list_networks()] == ["dockA"]  # other hosts still bind it
     assert b.delete_network("h2", "dockB") is True  # and the unheld pool goes with it
     assert b.list_pools() == []
+
+
+def test_unbind_undoes_a_failed_join_without_touching_the_network(make_store) -> None:
+    a, b, pool_id, gw = two_hosts_on_one_network(make_store)
+    b.unbind("h2", "dockB")
+    b.unbind("h2", "dockB")  # retry: no-op
+    assert b.bindings("h2") == {} and b.left_networks("h2") == set()
+    assert [n.network_id for n in b.list_networks()] == ["dockA"]
+    assert a.bindings("h1") == {"dockA": "dockA"}
+    network(b, "h2", "dockB", pool_id)  # joining again works
+    assert b.bindings("h2") == {"dockB": "dockA"}
