@@ -14,6 +14,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 from etcd3.events import DeleteEvent
 
@@ -89,34 +90,35 @@ class EtcdStore(EtcdNetworks, Store):
 
         return self._retry("storing an endpoint", attempt)
 
+    def _locate_endpoint(self, endpoint_id: str) -> tuple[str, Any, str | None]:
+        """(index key, index entry or None, endpoint key or None): where the endpoint's record lives."""
+        index_key = endpoint_index_key(endpoint_id)
+        [index] = self._conn.get(index_key)
+        key = endpoint_key(index[0]["network_id"], endpoint_id) if index is not None else None
+        return index_key, index, key
+
     def get_endpoint(self, endpoint_id: str) -> Endpoint:
-        [index] = self._conn.get(endpoint_index_key(endpoint_id))
-        if index is not None:
-            [current] = self._conn.get(endpoint_key(index[0]["network_id"], endpoint_id))
+        _, _, key = self._locate_endpoint(endpoint_id)
+        if key is not None:
+            [current] = self._conn.get(key)
             if current is not None:
                 return Endpoint.from_json(current[0])
         raise NotFound(f"endpoint {endpoint_id} not found")
 
     def delete_endpoint(self, endpoint_id: str) -> None:
-        index_key = endpoint_index_key(endpoint_id)
-
         def attempt(_: int) -> None:
-            [index] = self._conn.get(index_key)
-            if index is None:
+            index_key, index, key = self._locate_endpoint(endpoint_id)
+            if key is None:
                 return None
-            key = endpoint_key(index[0]["network_id"], endpoint_id)
             return self._txn([unchanged(index_key, index)], [OPS.delete(index_key), OPS.delete(key)])
 
         self._retry("deleting an endpoint", attempt)
 
     def set_endpoint_name(self, endpoint_id: str, name: str) -> None:
-        index_key = endpoint_index_key(endpoint_id)
-
         def attempt(_: int) -> None:
-            [index] = self._conn.get(index_key)
-            if index is None:
+            index_key, index, key = self._locate_endpoint(endpoint_id)
+            if key is None:
                 return None
-            key = endpoint_key(index[0]["network_id"], endpoint_id)
             [current] = self._conn.get(key)
             if current is None or current[0].get("container_name") == name:
                 return None

@@ -46,8 +46,6 @@ class Reconciler:
         self.bound: set[str] = set()  # cluster ids of networks bound on this host
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
-        self.synced = threading.Event()  # set after each complete pass; tests and benchmarks wait on it
-        self.errors = 0
 
     def kick(self, network_id: str) -> None:
         """A handler changed a network or its endpoints on this host: re-read bindings and re-sync it."""
@@ -71,7 +69,6 @@ class Reconciler:
                 backoff = min(backoff * 2, 10.0)
             except Exception:  # one bad pass never stops the loop
                 log.exception("reconciler pass failed")
-                self.errors += 1
                 stop.wait(backoff)
 
     def relist(self) -> int:
@@ -84,7 +81,6 @@ class Reconciler:
         for network_id in self.bound:
             self.sync(network_id, ensure=True)
         self.collect_devices()
-        self.synced.set()
         return revision + 1
 
     def collect_devices(self) -> None:
@@ -103,7 +99,6 @@ class Reconciler:
             try:
                 self.dataplane.delete_network(vni)
             except DataplaneError as exc:
-                self.errors += 1
                 log.warning("VNI %d: %s", vni, exc)
 
     def follow(self, revision: int) -> int:
@@ -124,7 +119,6 @@ class Reconciler:
                     self.networks.pop(event.key_id, None)
                 self.on_network_event(event.key_id, record)
             self.flush_kicks()
-        self.synced.set()
         return revision
 
     def flush_kicks(self) -> None:
@@ -142,7 +136,8 @@ class Reconciler:
             self.sync(network_id, ensure=True)
 
     def sync(self, network_id: str, ensure: bool = False) -> None:
-        """Program the network's remote peers; a failure is logged and retried on the next pass."""
+        """Program the network's remote peers; a failure is logged, and the next event for the network
+        or the next relist tries again."""
         network = self.networks.get(network_id)
         if network is None or network_id not in self.bound:
             return
@@ -153,8 +148,6 @@ class Reconciler:
             desired = desired_state(peers, {p.vtep for p in peers})
             changes = diff(desired, self.dataplane.read_peers(network.vni))
             for error in self.dataplane.apply_peers(network.vni, changes):
-                self.errors += 1
                 log.warning("network %s: %s", network_id[:12], error)
         except DataplaneError as exc:
-            self.errors += 1
             log.warning("network %s: %s", network_id[:12], exc)
