@@ -158,7 +158,7 @@ class Dataplane:
             return [link.get("ifname") for link in self._ipr.link("dump")]
         return []
 
-    # -- remote peers (the reconciler is the only caller) ----------------------------------------
+    # -- remote peers (the event loop is the only caller) ----------------------------------------
 
     def read_peers(self, vni: int) -> PeerState:
         """The remote FDB and permanent neighbour entries programmed on the network's VXLAN device."""

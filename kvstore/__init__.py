@@ -1,6 +1,10 @@
-"""Cluster state: networks, pools, addresses, endpoints and hosts. The only package importing etcd3."""
+"""Cluster state: networks, pools, addresses, endpoints and hosts. The only package importing etcd3.
 
-from .base import Store
+``Store`` (store.py, networks.py, ipam.py) is the cluster policy, written once over the key-value
+primitive of kv.py; ``EtcdKV`` and ``SqliteKV`` implement that primitive.
+"""
+
+from .kv import KeyValue
 from .model import (
     GATEWAY_OWNER,
     Compacted,
@@ -16,6 +20,7 @@ from .model import (
     StoreError,
     StoreUnavailable,
 )
+from .store import Store
 
 __all__ = [
     "GATEWAY_OWNER",
@@ -26,29 +31,49 @@ __all__ = [
     "Exhausted",
     "Host",
     "InvalidRequest",
+    "KeyValue",
     "Network",
     "NotFound",
     "Pool",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "open_kv",
     "open_store",
 ]
 
 
+def open_kv(
+    etcd_endpoints: list[str],
+    state_dir: str | None,
+    *,
+    ca_cert: str | None = None,
+    cert_key: str | None = None,
+    cert_cert: str | None = None,
+) -> KeyValue:
+    """etcd when endpoints are given (connecting lazily), else the embedded store in state_dir (None:
+    in memory)."""
+    if etcd_endpoints:
+        from .etcd_conn import EtcdConnection
+        from .kv_etcd import EtcdKV
+
+        return EtcdKV(EtcdConnection(etcd_endpoints, ca_cert=ca_cert, cert_key=cert_key, cert_cert=cert_cert))
+    from .kv_sqlite import SqliteKV
+    from .legacy import import_legacy
+
+    kv = SqliteKV(state_dir)
+    if state_dir is not None:
+        import_legacy(kv, state_dir)  # a store written before the key-value redesign
+    return kv
+
+
 def open_store(
     etcd_endpoints: list[str],
-    state_dir: str,
+    state_dir: str | None,
     *,
     ca_cert: str | None = None,
     cert_key: str | None = None,
     cert_cert: str | None = None,
 ) -> Store:
-    """The etcd store when endpoints are given (connecting lazily), else the embedded one in state_dir."""
-    if etcd_endpoints:
-        from .etcd_store import EtcdStore
-
-        return EtcdStore(etcd_endpoints, ca_cert=ca_cert, cert_key=cert_key, cert_cert=cert_cert)
-    from .sqlite_store import SqliteStore
-
-    return SqliteStore(state_dir)
+    """The cluster store over open_kv's primitive."""
+    return Store(open_kv(etcd_endpoints, state_dir, ca_cert=ca_cert, cert_key=cert_key, cert_cert=cert_cert))

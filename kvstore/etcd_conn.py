@@ -1,17 +1,13 @@
 """The etcd connection: lazy clients per endpoint, failover, and one mapping of every grpc/etcd3 error
-to StoreUnavailable (or Compacted). Knows nothing about pyoverlay's keys.
+to StoreUnavailable (or Compacted). Knows nothing about pyoverlay's keys; kv_etcd.py builds on it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import queue
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import etcd3
@@ -23,14 +19,10 @@ from etcd3.exceptions import (
     RevisionCompactedError,
     WatchTimedOut,
 )
-from etcd3.utils import prefix_range_end
 
 from .model import Compacted, StoreUnavailable
 
 T = TypeVar("T")
-Kv = tuple[dict[str, Any], Any]  # decoded JSON value, etcd3 KVMetadata
-
-OPS = etcd3.Transactions()  # stateless builders: OPS.version(key) == 0, OPS.put(key, value), …
 
 _GRPC_OPTIONS = [
     # Notice a silently dead peer on a long watch (etcd allows pings every 5 s or more).
@@ -131,82 +123,12 @@ class EtcdConnection:
         detail = "; ".join(f"{url}: {why}" for url, why in failures)
         raise StoreUnavailable(f"etcd at {self.urls} is unreachable: {detail}")
 
-    # -- reads --------------------------------------------------------------------------------------
-    def get(self, *keys: str) -> list[Kv | None]:
-        """Several keys read at one revision (one round trip)."""
-        _, responses = self.call(
-            lambda c: c.transaction(compare=[], success=[OPS.get(k) for k in keys], failure=[])
-        )
-        return [_decode(r[0]) if r else None for r in responses]
-
-    def prefix(self, prefix: str, keys_only: bool = False) -> tuple[list[tuple[str, Kv]], int]:
-        """Every key under ``prefix`` (key order) and the revision of the read."""
-        response = self.call(lambda c: c.get_prefix_response(prefix, keys_only=keys_only))
-        items = [(kv.key.decode(), (json.loads(kv.value) if kv.value else {}, kv)) for kv in response.kvs]
-        return items, response.header.revision
-
-    def txn(self, compare: list[Any], success: list[Any], failure: Sequence[Any] = ()) -> tuple[bool, list]:
-        ok, responses = self.call(
-            lambda c: c.transaction(compare=compare, success=success, failure=list(failure))
-        )
-        return ok, [[_decode(kv) for kv in r] if isinstance(r, list) else r for r in responses]
-
-    # -- leases -------------------------------------------------------------------------------------
-    def grant(self, ttl: int) -> int:
-        return self.call(lambda c: c.lease(ttl)).id
-
-    def keepalive(self, lease_id: int) -> bool:
-        """Refresh the lease; False if it already expired."""
-        responses = self.call(lambda c: list(c.refresh_lease(lease_id)))
-        return bool(responses) and responses[-1].TTL > 0
-
-    # -- watch --------------------------------------------------------------------------------------
-    def watch(self, prefix: str, start_revision: int, timeout: float | None) -> Iterator[Any]:
-        """etcd3 events under ``prefix`` from ``start_revision``; ends after ``timeout`` s of silence.
-        The server-side watch is cancelled when the iterator ends, fails or is closed."""
-        responses: queue.Queue[Any] = queue.Queue()
-
-        def open_watch(client: etcd3.MultiEndpointEtcd3Client) -> tuple[Any, int]:
-            return client, client.add_watch_prefix_callback(
-                prefix, responses.put, start_revision=start_revision
-            )
-
-        client, watch_id = self.call(open_watch)
-        try:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                try:
-                    item = responses.get(
-                        timeout=None if deadline is None else max(0, deadline - time.monotonic())
-                    )
-                except queue.Empty:
-                    return
-                if isinstance(item, RevisionCompactedError):
-                    raise Compacted(
-                        f"revision {start_revision} is compacted (oldest kept: {item.compacted_revision})"
-                    )
-                if item is None or isinstance(item, BaseException):
-                    why = describe(item) if item is not None else "watch stream closed"
-                    raise StoreUnavailable(f"etcd at {self.urls} is unreachable: watch lost: {why}")
-                yield from item.events
-                if item.events and timeout is not None:
-                    deadline = time.monotonic() + timeout
-        finally:
-            # Fails only if the stream is already gone, and then there is nothing left to cancel.
-            with contextlib.suppress(Exception):
-                client.cancel_watch(watch_id)
-
     def close(self) -> None:
         with self._lock:
             for member in self._members:
                 if member.client is not None:
                     member.client.close()
                     member.client = None
-
-
-def _decode(item: tuple[bytes, Any]) -> Kv:
-    value, meta = item
-    return (json.loads(value) if value else {}), meta
 
 
 _CONNECTION_CODES = {
@@ -234,4 +156,4 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-__all__ = ["OPS", "EtcdConnection", "describe", "prefix_range_end"]
+__all__ = ["EtcdConnection", "describe"]

@@ -117,10 +117,12 @@ class Host:
 
 @dataclass(frozen=True)
 class Event:
-    """A change seen by a watch. ``kind`` is "network" or "endpoint"; ``record`` is None on delete."""
+    """A change seen by a watch; ``record`` is None on delete. Kinds: "network" (key_id: network_id,
+    record: Network), "endpoint" (endpoint_id, Endpoint), "binding" (the host's docker_network_id, the
+    cluster network_id it binds)."""
 
     kind: str
     action: str  # "put" | "delete"
-    key_id: str  # network_id or endpoint_id
-    record: Network | Endpoint | None
+    key_id: str
+    record: Network | Endpoint | str | None
     revision: int

@@ -1,4 +1,4 @@
-"""Wiring of one host's agent: store, dataplane, services, the reconciler and the Docker-side sync."""
+"""Wiring of one host's agent: store, dataplane, services, the event loop and the Docker-side sync."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from driver.underlay import default_route_address, mtu_for_address
 from kvstore import Host, Network, Store, StoreError, open_store
 
 from .docker_sync import DockerSync
-from .reconciler import Reconciler
+from .event_loop import EventLoop
 from .services.ipam import IpamService
 from .services.network import NetworkService
 from .settings import Settings
@@ -60,16 +60,22 @@ class Agent:
             embedded=settings.embedded,
         )
         self.ipam = IpamService(self.store, self.host_id, settings.default_pool, settings.default_pool_size)
-        self.docker_sync = DockerSync(
-            self.store, self.host_id, self.dataplane.endpoint_ids_prefixes, driver_name=settings.driver_name
-        )
-        self.reconciler = Reconciler(
+        self.loop = EventLoop(
             self.store,
             self.dataplane,
             self.host_id,
             ensure_devices=self._ensure_devices,
-            on_network_event=self.docker_sync.wake,
+            resync_interval=settings.resync_interval,
         )
+        self.docker_sync = DockerSync(
+            self.store,
+            self.host_id,
+            self.dataplane.endpoint_ids_prefixes,
+            view=self.loop.view,
+            kick=self.loop.kick,
+            driver_name=settings.driver_name,
+        )
+        self.loop.on_network_event = self.docker_sync.wake
         self.network.on_change = self._network_changed
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -80,7 +86,7 @@ class Agent:
         )
 
     def _network_changed(self, network_id: str) -> None:
-        self.reconciler.kick(network_id)
+        self.loop.kick(network_id)
         self.docker_sync.wake()
 
     def start(self) -> None:
@@ -93,7 +99,7 @@ class Agent:
             "etcd " + ",".join(self.settings.etcd_endpoints) if self.settings.etcd_endpoints else "embedded",
         )
         loops = (
-            ("reconciler", self.reconciler.run),
+            ("event-loop", self.loop.run),
             ("docker-sync", self.docker_sync.run),
             ("heartbeat", self._heartbeat),
         )

@@ -90,7 +90,8 @@ def create_app(network: NetworkService, ipam: IpamService) -> Flask:
     route("/NetworkDriver.GetCapabilities", lambda b: network.capabilities())
     route("/NetworkDriver.CreateNetwork", lambda b: network.create_network(m.CreateNetworkRequest.parse(b)))
     route(
-        "/NetworkDriver.DeleteNetwork", lambda b: network.delete_network(m.NetworkRequest.parse(b).network_id)
+        "/NetworkDriver.DeleteNetwork",
+        lambda b: network.delete_network(m.NetworkRequest.parse(b).docker_network_id),
     )
     route(
         "/NetworkDriver.CreateEndpoint", lambda b: network.create_endpoint(m.CreateEndpointRequest.parse(b))

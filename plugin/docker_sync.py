@@ -5,7 +5,8 @@ Each pass compares the daemon with the store and closes the gaps:
 - names: a network's name and an endpoint's container name are learned from the daemon and recorded;
 - a cluster network with no binding here is created in this daemon (same name, subnet, range, gateway);
 - a network bound here whose cluster record is gone (removed on another host) is removed here too.
-Passes run on Docker events, on store network events, and every few seconds as a safety net."""
+Passes run on Docker events, on store network events, and every few seconds as a safety net. This host's
+endpoints are read from the event loop's view (kept current by its watches), not from the store."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from docker.types import IPAMConfig, IPAMPool
 
 from kvstore import Network, NotFound, Store, StoreError
 
+from .event_loop import View
+
 log = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 5.0
@@ -34,11 +37,15 @@ class DockerSync:
         store: Store,
         host_id: str,
         local_endpoint_prefixes: Callable[[], set[str]],
+        view: Callable[[], View],
+        kick: Callable[[str], None] = lambda network_id: None,
         driver_name: str = "",
     ) -> None:
         self.store = store
         self.host_id = host_id
         self.local_endpoint_prefixes = local_endpoint_prefixes  # id prefixes of the veths on this host
+        self.view = view  # the event loop's view: this host's endpoints
+        self.kick = kick  # tells the event loop a network changed here
         self._stale: dict[str, float] = {}  # own endpoint id -> since when it has no veth and no container
         self._missing: dict[str, float] = {}  # bound Docker network id -> since when this daemon lacks it
         self.driver_name = driver_name  # "" = found out from the daemon (managed plugins carry a tag)
@@ -88,6 +95,9 @@ class DockerSync:
         client = self._docker()
         driver = self.our_driver()
         local = {n.id: n for n in client.networks.list(filters={"driver": driver})}
+        view = self.view()
+        # Networks and bindings are read from the store itself: creating or removing a network here is
+        # decided on one consistent read (the loop's scopes may stand at different revisions).
         bindings = self.store.bindings(self.host_id)
         cluster = {n.network_id: n for n in self.store.list_networks()}
         self._sweep_bindings(bindings, local)
@@ -110,7 +120,7 @@ class DockerSync:
                 )
                 continue
             self._create_local(client, driver, network)
-        self._learn_container_names(client, local, bindings)
+        self._learn_container_names(local, bindings, view)
 
     def _sweep_bindings(self, bindings: dict[str, str], local: dict[str, Any]) -> None:
         """A binding whose network this daemon no longer has (its DeleteNetwork failed, e.g. with etcd
@@ -121,8 +131,9 @@ class DockerSync:
         self._missing = missing
         for docker_id, since in missing.items():
             if now - since >= STALE_SECONDS:
-                log.info("network %s is gone from this daemon: removing its binding", docker_id[:12])
+                log.info("Docker network %s is gone from this daemon: removing its binding", docker_id[:12])
                 self.store.delete_network(self.host_id, docker_id)
+                self.kick("")  # its devices go
 
     def _create_local(self, client: docker.DockerClient, driver: str, network: Network) -> None:
         log.info("creating network %s (%s), made on another host", network.name, network.subnet)
@@ -148,9 +159,7 @@ class DockerSync:
         except docker.errors.APIError as exc:
             log.warning("cannot remove network %s here: %s", local_network.name, exc.explanation or exc)
 
-    def _learn_container_names(
-        self, client: docker.DockerClient, local: dict[str, Any], bindings: dict[str, str]
-    ) -> None:
+    def _learn_container_names(self, local: dict[str, Any], bindings: dict[str, str], view: View) -> None:
         names: dict[str, str] = {}  # endpoint id -> container name
         for docker_id in bindings:
             if docker_id not in local:
@@ -162,20 +171,17 @@ class DockerSync:
             for container_info in (local[docker_id].attrs.get("Containers") or {}).values():
                 names[container_info.get("EndpointID", "")] = container_info.get("Name", "")
         for endpoint_id, name in names.items():
-            try:
-                endpoint = self.store.get_endpoint(endpoint_id)
-            except NotFound:
-                continue
-            if endpoint.host_id == self.host_id and name and endpoint.container_name != name:
+            endpoint = view.endpoints.get(endpoint_id)
+            if endpoint is not None and name and endpoint.container_name != name:
                 self.store.set_endpoint_name(endpoint_id, name)  # never resurrects a deleted endpoint
-        self._collect_own_garbage(set(names))
+        self._collect_own_garbage(set(names), view)
 
-    def _collect_own_garbage(self, joined: set[str]) -> None:
+    def _collect_own_garbage(self, joined: set[str], view: View) -> None:
         """Endpoints of this host that lost both their veth and their container (the host rebooted, the
         plugin was disabled when the container stopped) are removed with their address, once they have
         looked so for STALE_SECONDS. CreateEndpoint writes the record before the veth: records are read
         before links, and the grace period covers a request in flight."""
-        own = [e for e in self.store.list_endpoints() if e.host_id == self.host_id]
+        own = list(view.endpoints.values())
         prefixes = self.local_endpoint_prefixes()
         now = time.monotonic()
         stale = {

@@ -80,7 +80,7 @@ class IPv4Data:
 
 @dataclass(frozen=True)
 class CreateNetworkRequest:
-    network_id: str
+    docker_network_id: str  # Docker's NetworkID: per host; the cluster network is bound to it
     ipv4: list[IPv4Data]
     ipv6_requested: bool
     generic: dict[str, str]  # -o key=value options
@@ -121,7 +121,7 @@ class CreateNetworkRequest:
             )
         ipv6 = _get(body, "IPv6Data", list, [])
         return cls(
-            network_id=_ident(body, "NetworkID"),
+            docker_network_id=_ident(body, "NetworkID"),
             ipv4=ipv4,
             ipv6_requested=bool(ipv6) or options.get("com.docker.network.enable_ipv6") is True,
             generic=generic,
@@ -133,28 +133,30 @@ class CreateNetworkRequest:
 class NetworkRequest:
     """DeleteNetwork, FreeNetwork, AllocateNetwork: only the ID matters to us."""
 
-    network_id: str
+    docker_network_id: str  # Docker's NetworkID: per host; the cluster network is bound to it
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> NetworkRequest:
-        return cls(network_id=_ident(body, "NetworkID"))
+        return cls(docker_network_id=_ident(body, "NetworkID"))
 
 
 @dataclass(frozen=True)
 class EndpointRequest:
     """DeleteEndpoint, EndpointOperInfo, Join, Leave, Program/RevokeExternalConnectivity."""
 
-    network_id: str
+    docker_network_id: str  # Docker's NetworkID: per host; the cluster network is bound to it
     endpoint_id: str
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> EndpointRequest:
-        return cls(network_id=_ident(body, "NetworkID"), endpoint_id=_ident(body, "EndpointID", _ENDPOINT_ID))
+        return cls(
+            docker_network_id=_ident(body, "NetworkID"), endpoint_id=_ident(body, "EndpointID", _ENDPOINT_ID)
+        )
 
 
 @dataclass(frozen=True)
 class CreateEndpointRequest:
-    network_id: str
+    docker_network_id: str  # Docker's NetworkID: per host; the cluster network is bound to it
     endpoint_id: str
     address: ipaddress.IPv4Interface | None
     ipv6_address: str | None
@@ -166,7 +168,7 @@ class CreateEndpointRequest:
         address = _get(iface, "Address", str) or None
         mac = _get(iface, "MacAddress", str) or None
         return cls(
-            network_id=_ident(body, "NetworkID"),
+            docker_network_id=_ident(body, "NetworkID"),
             endpoint_id=_ident(body, "EndpointID", _ENDPOINT_ID),
             address=parse_interface_cidr(address, "Interface.Address") if address else None,
             ipv6_address=_get(iface, "AddressIPv6", str) or None,

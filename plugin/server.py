@@ -1,4 +1,4 @@
-"""Serving: gunicorn on a unix socket, one worker process (so one reconciler per host) with threads."""
+"""Serving: gunicorn on a unix socket, one worker process (so one event loop per host) with threads."""
 
 from __future__ import annotations
 

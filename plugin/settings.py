@@ -25,6 +25,7 @@ class Settings:
     etcd_key: str = ""
     workers_threads: int = 8
     host_ttl: int = 30  # seconds a host counts as alive in the store without a heartbeat
+    resync_interval: int = 30  # seconds between checks of the kernel against the store (drift repair)
     driver_name: str = ""  # as `docker network create -d` names us; empty: found out from the daemon
 
     @property
@@ -46,6 +47,7 @@ _HELP = {
     "etcd_key": "client key file for etcd TLS",
     "workers_threads": "request threads of the HTTP worker",
     "host_ttl": "seconds a host stays alive in the store without a heartbeat",
+    "resync_interval": "seconds between checks that repair kernel entries changed by hand",
     "driver_name": "our driver name in Docker (default: the enabled pyoverlay plugin, else pyoverlay)",
 }
 
@@ -81,7 +83,7 @@ def _validate(raw: dict[str, str]) -> Settings:
         value = value.strip()
         if key == "etcd_endpoints":
             values[key] = tuple(_endpoint(e) for e in value.split(",") if e.strip())
-        elif key in ("default_pool_size", "vxlan_port", "workers_threads", "host_ttl"):
+        elif key in ("default_pool_size", "vxlan_port", "workers_threads", "host_ttl", "resync_interval"):
             try:
                 values[key] = int(value)
             except ValueError:
@@ -104,6 +106,8 @@ def _validate(raw: dict[str, str]) -> Settings:
         raise SystemExit("pyoverlay: VXLAN_PORT must be between 1 and 65535")
     if settings.host_ttl < 3:
         raise SystemExit("pyoverlay: HOST_TTL must be at least 3 seconds")
+    if not 1 <= settings.resync_interval <= 3600:
+        raise SystemExit("pyoverlay: RESYNC_INTERVAL must be between 1 and 3600 seconds")
     if not 1 <= settings.workers_threads <= 256:
         raise SystemExit("pyoverlay: WORKERS_THREADS must be between 1 and 256")
     if settings.log_level.lower() not in ("debug", "info", "warning", "error"):

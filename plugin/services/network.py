@@ -34,7 +34,7 @@ class NetworkService:
     underlay_mtu: int
     vxlan_port: int
     embedded: bool
-    on_change: Callable[[str], None] = lambda network_id: None  # wakes the reconciler for a network
+    on_change: Callable[[str], None] = lambda network_id: None  # kicks the event loop for a network
 
     def capabilities(self) -> dict[str, str]:
         return {"Scope": "local", "ConnectivityScope": "global"}
@@ -60,7 +60,7 @@ class NetworkService:
             )
         pool = self.store.get_pool(data.pool) if owned else None
         wanted = Network(
-            network_id=req.network_id,
+            network_id=req.docker_network_id,  # the creating host's Docker id becomes the cluster id
             vni=0,
             subnet=data.pool,
             pool_id=pool.pool_id if pool else None,
@@ -71,18 +71,18 @@ class NetworkService:
             created_by=self.host_id,
         )
         try:
-            existing = self.store.network_for(self.host_id, req.network_id)
+            existing = self.store.network_for(self.host_id, req.docker_network_id)
         except NotFound:
             existing = None
-        network = existing or self.store.create_network(self.host_id, req.network_id, wanted)
+        network = existing or self.store.create_network(self.host_id, req.docker_network_id, wanted)
         try:
             self.dataplane.ensure_network(network.vni, self.mtu_for(network), self.vtep, self.vxlan_port)
         except DataplaneError:
-            if existing is None and network.network_id == req.network_id:
-                self._undo_create(req.network_id, network)
+            if existing is None and network.network_id == req.docker_network_id:
+                self._undo_create(req.docker_network_id, network)
             elif existing is None:
                 # joined a network made elsewhere: deleting it would remove it (or our membership) for all
-                self.store.unbind(self.host_id, req.network_id)
+                self.store.unbind(self.host_id, req.docker_network_id)
             raise
         self.on_change(network.network_id)
 
@@ -97,7 +97,7 @@ class NetworkService:
             network = self.store.network_for(self.host_id, docker_network_id)
         except NotFound:
             # a resent request, or the cluster network was removed on another host: drop what is left of
-            # the binding; the reconciler removes devices no bound network wants
+            # the binding; the event loop removes devices no bound network wants
             self.store.delete_network(self.host_id, docker_network_id)
             self.on_change("")
             return
@@ -131,7 +131,7 @@ class NetworkService:
     # -- endpoints ----------------------------------------------------------------------------------
 
     def create_endpoint(self, req: CreateEndpointRequest) -> dict[str, object]:
-        network = self.network(req.network_id)
+        network = self.network(req.docker_network_id)
         if req.ipv6_address:
             raise BadRequest("pyoverlay supports IPv4 only")
         if network.pool_id and req.address is None:
@@ -158,7 +158,7 @@ class NetworkService:
         mtu = self.mtu_for(network)
         try:
             if network.vni not in self.dataplane.network_vnis():
-                # devices vanished (host reboot): rebuild rather than fail; the reconciler checks drift
+                # devices vanished (host reboot): rebuild rather than fail; the event loop checks drift
                 self.dataplane.ensure_network(network.vni, mtu, self.vtep, self.vxlan_port)
             self.dataplane.ensure_endpoint(network.vni, req.endpoint_id, mac, mtu)
         except DataplaneError:
@@ -181,8 +181,10 @@ class NetworkService:
             endpoint = self.store.get_endpoint(req.endpoint_id)
         except NotFound:
             raise UnknownObject(f"endpoint {req.endpoint_id[:12]} is not known to pyoverlay") from None
-        if endpoint.network_id != self.network(req.network_id).network_id:
-            raise UnknownObject(f"endpoint {req.endpoint_id[:12]} is not on network {req.network_id[:12]}")
+        if endpoint.network_id != self.network(req.docker_network_id).network_id:
+            raise UnknownObject(
+                f"endpoint {req.endpoint_id[:12]} is not on Docker network {req.docker_network_id[:12]}"
+            )
         return endpoint
 
     def join(self, req: EndpointRequest) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""Fixtures for the store contract: one ``store`` per implementation, and a shared etcd server."""
+"""Fixtures for the store contract: one ``store`` per key-value primitive, and a shared etcd server."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from kvstore import Store
-from kvstore.etcd_store import EtcdStore
-from kvstore.sqlite_store import SqliteStore
+from kvstore.etcd_conn import EtcdConnection
+from kvstore.kv_etcd import EtcdKV
+from kvstore.kv_sqlite import SqliteKV
 from tests.etcd_server import EtcdServer, etcd_available
 
 StoreFactory = Callable[[], Store]
@@ -40,7 +41,15 @@ def fresh_etcd() -> Iterator[EtcdServer]:
         yield server
 
 
-@pytest.fixture(params=["sqlite", "etcd"])
+class _SharedMemoryStore(Store):
+    """Stores of one test share one in-memory primitive, as hosts share one etcd; closing one is a
+    no-op (the primitive goes with the test)."""
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(params=["sqlite", "memory", "etcd"])
 def make_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[StoreFactory]:
     """Opens another store on the same state: a second host, or the same host after a restart."""
     opened: list[Store] = []
@@ -49,18 +58,27 @@ def make_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[StoreFactor
         server.etcdctl("del", "--prefix", "/pyoverlay/")
 
         def factory() -> Store:
-            opened.append(EtcdStore([server.endpoint]))
+            opened.append(Store(EtcdKV(EtcdConnection([server.endpoint]))))
+            return opened[-1]
+
+    elif request.param == "memory":
+        memory = SqliteKV(None)
+
+        def factory() -> Store:
+            opened.append(_SharedMemoryStore(memory))
             return opened[-1]
 
     else:
 
         def factory() -> Store:
-            opened.append(SqliteStore(str(tmp_path / "state" / "nested")))
+            opened.append(Store(SqliteKV(str(tmp_path / "state" / "nested"))))
             return opened[-1]
 
     yield factory
     for store in opened:
         store.close()
+    if request.param == "memory":
+        memory.close()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The Store contract (kvstore/base.py docstrings), run against SqliteStore and EtcdStore alike."""
+"""The Store contract (the docstrings of kvstore/store.py, networks.py, ipam.py), run unchanged over
+every key-value primitive: etcd, SQLite in a file, SQLite in memory."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from kvstore import GATEWAY_OWNER, Conflict, Endpoint, Exhausted, Host, InvalidRequest, NotFound, Store
 from kvstore.alloc import VNI_MAX, VNI_MIN
+from tests.watching import Collector
 
 from .records import endpoint, network, pool
 
@@ -214,12 +216,15 @@ def test_endpoint_crud(store: Store) -> None:
 def test_set_endpoint_name(store: Store) -> None:
     net = network(store, "h1", "dockA")
     e1 = store.put_endpoint(endpoint("e1", net.network_id, "h1"))
-    _, _, rev = store.snapshot()
+    _, rev = store.endpoints_at(net.network_id)
+    seen = Collector()
+    watch = store.watch_endpoints(net.network_id, rev + 1, seen)
     store.set_endpoint_name("e1", "web")
     store.set_endpoint_name("e1", "web")  # unchanged: no write
     store.set_endpoint_name("nope", "db")  # unknown: no-op, never created
     assert store.get_endpoint("e1") == Endpoint(**{**e1.__dict__, "container_name": "web"})
-    events = list(store.watch(rev + 1, timeout=0.3))
+    events = seen.items()
+    watch.cancel()
     assert [(e.kind, e.action, e.key_id) for e in events] == [("endpoint", "put", "e1")]
     assert events[0].record.container_name == "web"
     store.delete_endpoint("e1")
@@ -229,38 +234,64 @@ def test_set_endpoint_name(store: Store) -> None:
     assert store.list_endpoints() == []
 
 
-# -- snapshot and watch -----------------------------------------------------------------------------
-def test_snapshot_then_watch(store: Store) -> None:
+# -- listing and scoped watches ---------------------------------------------------------------------
+def test_list_then_watch_each_scope(store: Store) -> None:
     net = network(store, "h1", "dockA")
+    other = network(store, "h1", "dockB")
     store.put_endpoint(endpoint("e0", net.network_id, "h1"))
-    networks, endpoints, rev = store.snapshot()
-    assert [n.network_id for n in networks] == ["dockA"] and [e.endpoint_id for e in endpoints] == ["e0"]
+    networks, networks_rev = store.networks_at()
+    endpoints, endpoints_rev = store.endpoints_at(net.network_id)
+    bindings, bindings_rev = store.bindings_at("h1")
+    assert [n.network_id for n in networks] == ["dockA", "dockB"] and [e.endpoint_id for e in endpoints] == [
+        "e0"
+    ]
+    assert bindings == {"dockA": "dockA", "dockB": "dockB"}
+    seen_networks, seen_endpoints, seen_bindings = Collector(), Collector(), Collector()
+    watches = [
+        store.watch_networks(networks_rev + 1, seen_networks),
+        store.watch_endpoints(net.network_id, endpoints_rev + 1, seen_endpoints),
+        store.watch_bindings("h1", bindings_rev + 1, seen_bindings),
+    ]
     store.put_endpoint(endpoint("e1", net.network_id, "h1"))
+    store.put_endpoint(endpoint("x1", other.network_id, "h1"))  # another network: not in this scope
     store.set_network_name(net.network_id, "blue")
     store.delete_endpoint("e0")
-    pool(store, "10.1.0.0/24")  # not a network or endpoint change: not in the watch
+    store.unbind("h1", "dockB")
+    pool(store, "10.1.0.0/24")  # neither a network, an endpoint nor a binding
     started = time.monotonic()
-    events = list(store.watch(rev + 1, timeout=1.0))
+    endpoint_events = seen_endpoints.items()
     assert time.monotonic() - started < 5
-    assert [(e.kind, e.action, e.key_id) for e in events] == [
+    assert [(e.kind, e.action, e.key_id) for e in endpoint_events] == [
         ("endpoint", "put", "e1"),
-        ("network", "put", "dockA"),
         ("endpoint", "delete", "e0"),
     ]
-    assert events[1].record.name == "blue" and events[2].record is None
-    assert all(rev < x.revision < y.revision for x, y in zip(events, events[1:], strict=False))
-    later = list(store.watch(events[-1].revision + 1, timeout=0.3))
-    assert later == []
+    assert endpoint_events[0].record.endpoint_id == "e1" and endpoint_events[1].record is None
+    network_events = seen_networks.items(quiet=0.1)
+    assert [(e.kind, e.action, e.key_id, e.record.name) for e in network_events] == [
+        ("network", "put", "dockA", "blue")
+    ]
+    assert [(e.kind, e.action, e.key_id, e.record) for e in seen_bindings.items(quiet=0.1)] == [
+        ("binding", "delete", "dockB", None)
+    ]
+    assert (
+        endpoints_rev < endpoint_events[0].revision < network_events[0].revision < endpoint_events[1].revision
+    )
+    for watch in watches:
+        watch.cancel()
+        watch.cancel()  # idempotent
+    store.put_endpoint(endpoint("e2", net.network_id, "h1"))
+    assert seen_endpoints.items(quiet=0.3) == []  # cancelled: nothing more
 
 
 def test_watch_sees_writes_of_another_instance(make_store) -> None:
     a, b = make_store(), make_store()
-    _, _, rev = a.snapshot()
-    watch = a.watch(rev + 1, timeout=5)
+    _, rev = a.networks_at()
+    seen = Collector()
+    watch = a.watch_networks(rev + 1, seen)
     network(b, "h2", "dockB")
-    first = next(watch)
+    first = seen.first()
     assert (first.kind, first.action, first.key_id) == ("network", "put", "dockB")
-    watch.close()
+    watch.cancel()
 
 
 def test_state_survives_reopen(make_store) -> None:
@@ -269,12 +300,12 @@ def test_state_survives_reopen(make_store) -> None:
     gw = first.reserve_address(p.pool_id, GATEWAY_OWNER, "h1")
     net = network(first, "h1", "dockA", p.pool_id)
     first.put_endpoint(endpoint("e1", net.network_id, "h1"))
-    _, _, rev = first.snapshot()
+    _, rev = first.networks_at()
     first.close()
     reopened = make_store()
     assert reopened.get_pool(p.pool_id) == p
     assert reopened.list_addresses(p.pool_id) == {gw: GATEWAY_OWNER}
     assert reopened.network_for("h1", "dockA") == net
     assert reopened.get_endpoint("e1").network_id == net.network_id
-    assert reopened.snapshot()[2] == rev
+    assert reopened.networks_at()[1] == rev
     assert reopened.reserve_address(p.pool_id, "m1", "h1") == str(IPv4Address(gw) + 1)

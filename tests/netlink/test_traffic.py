@@ -68,7 +68,7 @@ def hosts(make_netns: Callable[[], str]) -> Iterator[tuple[Host, Host]]:
 
 
 def program_peers(local: Host, remote: Host | None) -> list[str]:
-    """What the reconciler does: desired state from the cluster view, diff against the kernel, apply."""
+    """What the event loop does: desired state from the cluster view, diff against the kernel, apply."""
     if remote is None:
         desired = PeerState()
     else:

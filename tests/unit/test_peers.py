@@ -1,4 +1,4 @@
-"""desired_state / diff: the pure part of the reconciler (no root, no kernel)."""
+"""desired_state / diff: the pure part of the event loop (no root, no kernel)."""
 
 import random
 

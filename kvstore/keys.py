@@ -1,15 +1,15 @@
-"""The etcd key layout (docs/kvstore.md) and small builders for values and transaction compares."""
+"""The key layout (docs/kvstore.md), the same on every key-value primitive, and value encoding."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from .etcd_conn import OPS, Kv, prefix_range_end
+from .kv import Item
 from .model import SCHEMA_VERSION, InvalidRequest
 
 ROOT = "/pyoverlay/v1/"
-TOPOLOGY = ROOT + "topology/"  # networks and endpoints only: the one prefix reconcilers watch
+TOPOLOGY = ROOT + "topology/"
 NETWORKS = TOPOLOGY + "networks/"
 ENDPOINTS = TOPOLOGY + "endpoints/"
 # Every pool's subnet and ip_range in one key. Claiming a pool compares this key's mod_revision, so
@@ -42,8 +42,12 @@ def pool_network_key(pool_id: str) -> str:
     return f"{ROOT}pool-networks/{pool_id}"
 
 
+def bindings_prefix(host_id: str) -> str:
+    return f"{ROOT}bindings/{host_id}/"
+
+
 def binding_key(host_id: str, docker_network_id: str) -> str:
-    return f"{ROOT}bindings/{host_id}/{docker_network_id}"
+    return bindings_prefix(host_id) + docker_network_id
 
 
 def network_hosts_prefix(network_id: str) -> str:
@@ -54,12 +58,24 @@ def left_prefix(network_id: str) -> str:
     return f"{LEFT}{network_id}/"
 
 
+def endpoints_prefix(network_id: str) -> str:
+    return f"{ENDPOINTS}{network_id}/"
+
+
 def endpoint_key(network_id: str, endpoint_id: str) -> str:
-    return f"{ENDPOINTS}{network_id}/{endpoint_id}"
+    return endpoints_prefix(network_id) + endpoint_id
 
 
 def endpoint_index_key(endpoint_id: str) -> str:
     return f"{ROOT}endpoint-ids/{endpoint_id}"
+
+
+def decode(value: str) -> dict[str, Any]:
+    return json.loads(value) if value else {}
+
+
+def load(item: Item) -> dict[str, Any]:
+    return decode(item.value)
 
 
 def dump(record: Any) -> str:
@@ -70,18 +86,3 @@ def segment(value: str, what: str) -> str:
     if not value or "/" in value:
         raise InvalidRequest(f"{what} {value!r} must be non-empty and contain no '/'")
     return value
-
-
-def unchanged(key: str, kv: Kv | None) -> Any:
-    """A compare that holds if ``key`` is as read: absent, or not modified since."""
-    return OPS.version(key) == 0 if kv is None else OPS.mod(key) == kv[1].mod_revision
-
-
-def range_delete(prefix: str) -> Any:
-    return OPS.delete(prefix, range_end=prefix_range_end(prefix.encode()))
-
-
-def prefix_unchanged(prefix: str, revision: int) -> Any:
-    """A compare that holds if no key under ``prefix`` was created or modified after ``revision``.
-    Deletions are not seen: a decision that needs a key to still exist also compares that key."""
-    return OPS.mod(prefix, prefix_range_end(prefix.encode())) < revision + 1

@@ -1,5 +1,5 @@
-"""Pools and addresses on etcd: the IPAM half of EtcdStore, and the compare-and-swap retry loop both
-halves use. Policies: docs/kvstore.md.
+"""Pools and addresses: the IPAM half of the cluster policy, and the compare-and-swap retry loop every
+part of it uses. Written once over the key-value primitive (kv.py). Policies: docs/kvstore.md.
 """
 
 from __future__ import annotations
@@ -13,19 +13,28 @@ from ipaddress import IPv4Network
 from typing import Any, TypeVar
 
 from . import alloc
-from .etcd_conn import OPS, EtcdConnection, Kv
-from .etcd_keys import (
+from .keys import (
     POOLS,
     POOLS_INDEX,
     address_prefix,
     cursor_key,
     dump,
+    load,
     network_hosts_prefix,
     owner_prefix,
     pool_key,
     pool_network_key,
+)
+from .kv import (
+    Compare,
+    Delete,
+    Item,
+    KeyValue,
+    Put,
+    absent,
     prefix_unchanged,
-    range_delete,
+    present,
+    same_incarnation,
     unchanged,
 )
 from .model import GATEWAY_OWNER, Conflict, Exhausted, NotFound, Pool, StoreUnavailable
@@ -36,9 +45,9 @@ TAKEN_CACHE_SECONDS = 30.0
 RETRY: Any = object()  # what an attempt returns when its transaction lost a race
 
 
-class EtcdIpam:
-    def __init__(self, conn: EtcdConnection) -> None:
-        self._conn = conn
+class IpamPolicy:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
         # pool_id -> (pool create_revision, listed at, reserved addresses): see _taken()
         self._taken_cache: dict[str, tuple[int, float, set[int]]] = {}
         self._taken_lock = threading.Lock()
@@ -51,71 +60,80 @@ class EtcdIpam:
             time.sleep(random.uniform(0, min(0.05, 0.002 * (n + 1))))  # spread out racing writers
         raise StoreUnavailable(f"gave up {what} after {MAX_ATTEMPTS} conflicting attempts; try again")
 
-    def _txn(self, compare: list[Any], success: list[Any], failure: list[Any] | None = None) -> Any:
-        ok, responses = self._conn.txn(compare, success, failure or [])
-        return responses if ok else RETRY
+    def _txn(self, compares: list[Compare], ops: list[Any]) -> Any:
+        """None if the transaction committed, RETRY if a compare failed."""
+        return None if self._kv.txn(compares, ops) else RETRY
 
     # -- pools --------------------------------------------------------------------------------------
     def request_pool(
         self, host_id: str, subnet: str | None, ip_range: str | None, default_range: str, prefixlen: int
     ) -> Pool:
+        """Claim ``subnet`` (or, if None, the first free ``/prefixlen`` inside ``default_range``) for
+        ``host_id``. An existing pool with the same subnet and ip_range is returned with the host added to
+        its holders (the same pool on every host). Raises Conflict if the subnet overlaps another pool, or
+        equals one with a different ip_range; Exhausted if no free subnet is left."""
+
         def attempt(_: int) -> Pool:
-            [index] = self._conn.get(POOLS_INDEX)
-            pools: dict[str, str | None] = index[0].get("pools", {}) if index else {}
+            [index] = self._kv.get(POOLS_INDEX)
+            pools: dict[str, str | None] = load(index).get("pools", {}) if index else {}
             key, rng = alloc.plan_pool(subnet, ip_range, default_range, prefixlen, pools)
             if key in pools:
-                [current] = self._conn.get(pool_key(key))
+                [current] = self._kv.get(pool_key(key))
                 if current is None:
                     return RETRY  # released under our feet; the index is gone too by now
-                pool = Pool.from_json(current[0])
+                pool = Pool.from_json(load(current))
                 if host_id in pool.holders:
                     return pool
                 pool = replace(pool, holders=(*pool.holders, host_id))
-                done = self._txn([unchanged(pool_key(key), current)], [OPS.put(pool_key(key), dump(pool))])
+                done = self._txn([unchanged(pool_key(key), current)], [Put(pool_key(key), dump(pool))])
                 return RETRY if done is RETRY else pool
             pool = Pool(pool_id=key, subnet=key, ip_range=rng, holders=(host_id,))
             done = self._txn(
-                [unchanged(POOLS_INDEX, index), OPS.version(pool_key(key)) == 0],
-                [
-                    OPS.put(POOLS_INDEX, dump({"pools": {**pools, key: rng}})),
-                    OPS.put(pool_key(key), dump(pool)),
-                ],
+                [unchanged(POOLS_INDEX, index), absent(pool_key(key))],
+                [Put(POOLS_INDEX, dump({"pools": {**pools, key: rng}})), Put(pool_key(key), dump(pool))],
             )
             return RETRY if done is RETRY else pool
 
         return self._retry("claiming a pool", attempt)
 
     def get_pool(self, pool_id: str) -> Pool:
-        [current] = self._conn.get(pool_key(pool_id))
+        """Raises NotFound."""
+        [current] = self._kv.get(pool_key(pool_id))
         if current is None:
             raise NotFound(f"pool {pool_id} not found")
-        return Pool.from_json(current[0])
+        return Pool.from_json(load(current))
 
     def list_pools(self) -> list[Pool]:
-        items, _ = self._conn.prefix(POOLS)
-        return sorted((Pool.from_json(data) for _, (data, _) in items), key=lambda p: IPv4Network(p.subnet))
+        """Every pool, by subnet."""
+        items, _ = self._kv.range(POOLS)
+        return sorted((Pool.from_json(load(i)) for i in items), key=lambda p: IPv4Network(p.subnet))
 
     def release_pool(self, host_id: str, pool_id: str) -> None:
+        """Drop ``host_id`` from the holders; the last holder deletes the pool and every address in it,
+        unless the pool's cluster network still exists and some host (the caller included) binds it:
+        Docker releases the pool before it deletes the network, and that delete_network then deletes
+        the pool (with no holders left) together with the network. Unknown pools and non-holders are a
+        no-op."""
         mapping_key = pool_network_key(pool_id)
 
         def attempt(_: int) -> None:
-            index, current, mapping = self._conn.get(POOLS_INDEX, pool_key(pool_id), mapping_key)
+            index, current, mapping = self._kv.get(POOLS_INDEX, pool_key(pool_id), mapping_key)
             if current is None:
                 return None
-            pool = Pool.from_json(current[0])
+            pool = Pool.from_json(load(current))
             if host_id not in pool.holders:
                 return None
             holders = tuple(h for h in pool.holders if h != host_id)
-            keep = [OPS.put(pool_key(pool_id), dump(replace(pool, holders=holders)))]
+            keep = [Put(pool_key(pool_id), dump(replace(pool, holders=holders)))]
             if holders:
                 return self._txn([unchanged(pool_key(pool_id), current)], keep)
             compare, drop = self._pool_deletion(pool_id, index, current)
             compare.append(unchanged(mapping_key, mapping))
             if mapping is not None:
-                prefix = network_hosts_prefix(mapping[0]["network_id"])
-                bound, revision = self._conn.prefix(prefix, keys_only=True)
+                prefix = network_hosts_prefix(load(mapping)["network_id"])
+                bound, revision = self._kv.range(prefix, keys_only=True)
                 if bound:  # Docker releases the pool before deleting the network: that deletion drops it
-                    still_bound = OPS.version(bound[0][0]) > 0
+                    still_bound = present(bound[0].key)
                     unmoved = [unchanged(pool_key(pool_id), current), unchanged(mapping_key, mapping)]
                     return self._txn([*unmoved, still_bound], keep)
                 compare.append(prefix_unchanged(prefix, revision))
@@ -123,16 +141,16 @@ class EtcdIpam:
 
         self._retry("releasing a pool", attempt)
 
-    def _pool_deletion(self, pool_id: str, index: Kv | None, current: Kv | None) -> tuple[list, list]:
+    def _pool_deletion(self, pool_id: str, index: Item | None, current: Item | None) -> tuple[list, list]:
         """Compares and operations that delete a pool read as ``current`` and every address in it."""
-        pools = {k: v for k, v in (index[0].get("pools", {}) if index else {}).items() if k != pool_id}
+        pools = {k: v for k, v in (load(index).get("pools", {}) if index else {}).items() if k != pool_id}
         compare = [unchanged(pool_key(pool_id), current), unchanged(POOLS_INDEX, index)]
         return compare, [
-            OPS.put(POOLS_INDEX, dump({"pools": pools})),
-            OPS.delete(pool_key(pool_id)),
-            OPS.delete(cursor_key(pool_id)),
-            range_delete(address_prefix(pool_id)),
-            range_delete(owner_prefix(pool_id)),
+            Put(POOLS_INDEX, dump({"pools": pools})),
+            Delete(pool_key(pool_id)),
+            Delete(cursor_key(pool_id)),
+            Delete(address_prefix(pool_id), prefix=True),
+            Delete(owner_prefix(pool_id), prefix=True),
         ]
 
     # -- addresses ----------------------------------------------------------------------------------
@@ -148,32 +166,39 @@ class EtcdIpam:
             and time.monotonic() - cached[1] < TAKEN_CACHE_SECONDS
         ):
             return cached[2]
-        items, _ = self._conn.prefix(address_prefix(pool_id), keys_only=True)
-        taken = alloc.address_ints(key.rsplit("/", 1)[1] for key, _ in items)
+        items, _ = self._kv.range(address_prefix(pool_id), keys_only=True)
+        taken = alloc.address_ints(i.key.rsplit("/", 1)[1] for i in items)
         with self._taken_lock:
             self._taken_cache[pool_id] = (pool_revision, time.monotonic(), taken)
         return taken
 
     def reserve_address(self, pool_id: str, owner: str, host_id: str, address: str | None = None) -> str:
+        """Reserve an address of the pool for ``owner`` (a MAC address, or GATEWAY_OWNER) and return it
+        as a bare IP ("10.0.0.5"). If ``owner`` already holds an address in the pool, that one is returned
+        (idempotent; for the gateway this makes it the same on every host). With ``address`` set, that exact
+        address: Conflict if another owner holds it, or if it is outside the subnet, the network or
+        broadcast address. Without, the next free address of ip_range (or subnet), skipping network and
+        broadcast addresses, round-robin after the last one handed out. Exhausted when full; NotFound
+        for an unknown pool."""
         wanted = str(alloc.parse_address(address)) if address is not None else None
         owner_key = owner_prefix(pool_id) + owner
         listed = False  # whether this call has read the full address list already
 
         def attempt(n: int) -> str:
             nonlocal listed
-            pool_kv, owner_kv, cursor_kv = self._conn.get(pool_key(pool_id), owner_key, cursor_key(pool_id))
+            pool_kv, owner_kv, cursor_kv = self._kv.get(pool_key(pool_id), owner_key, cursor_key(pool_id))
             if pool_kv is None:
                 raise NotFound(f"pool {pool_id} not found")
-            pool, pool_revision = Pool.from_json(pool_kv[0]), pool_kv[1].create_revision
+            pool, pool_revision = Pool.from_json(load(pool_kv)), pool_kv.create_revision
             if owner_kv is not None:  # a retry, or the gateway asked for again by another host
-                held = owner_kv[0]["address"]
+                held = load(owner_kv)["address"]
                 if wanted is None or wanted == held:
                     return held
                 raise Conflict(f"{owner} already holds address {held} in pool {pool_id}, not {wanted}")
             if wanted is not None:
                 candidate = str(alloc.check_requested_address(pool.subnet, wanted))
             else:
-                after = cursor_kv[0].get("address") if cursor_kv else None
+                after = load(cursor_kv).get("address") if cursor_kv else None
                 refresh = n > 0 and n % 8 == 0  # losing race after race: others hold much we miss
                 taken = self._taken(pool_id, pool_revision, refresh)
                 listed = listed or refresh
@@ -191,24 +216,22 @@ class EtcdIpam:
                 candidate = str(random.choice(free))
             address_key = address_prefix(pool_id) + candidate
             success = [
-                OPS.put(address_key, dump({"owner": owner, "host_id": host_id})),
-                OPS.put(owner_key, dump({"address": candidate})),
+                Put(address_key, dump({"owner": owner, "host_id": host_id})),
+                Put(owner_key, dump({"address": candidate})),
             ]
             if wanted is None:
-                success.append(OPS.put(cursor_key(pool_id), dump({"address": candidate})))
-            ok, responses = self._conn.txn(
-                [
-                    OPS.create(pool_key(pool_id)) == pool_revision,
-                    OPS.version(address_key) == 0,
-                    OPS.version(owner_key) == 0,
-                ],
+                success.append(Put(cursor_key(pool_id), dump({"address": candidate})))
+            ok = self._kv.txn(
+                [same_incarnation(pool_key(pool_id), pool_kv), absent(address_key), absent(owner_key)],
                 success,
-                [OPS.get(address_key)],
             )
             self._note_taken(pool_id, candidate, taken=True)  # ours now, or someone else's
             if ok:
                 return candidate
-            holder = responses[0][0][0].get("owner") if responses and responses[0] else None
+            if wanted is None:
+                return RETRY
+            [held_by] = self._kv.get(address_key)
+            holder = load(held_by).get("owner") if held_by else None
             if wanted is not None and holder not in (None, owner):
                 raise Conflict(f"address {wanted} is already in use in pool {pool_id}")
             return RETRY
@@ -226,15 +249,17 @@ class EtcdIpam:
                     cached[2].discard(value)
 
     def release_address(self, pool_id: str, address: str) -> None:
+        """Free the address. Unknown pool or free address: no-op. The gateway is not freed here
+        (it belongs to the pool and goes with it)."""
         freed = str(alloc.parse_address(address))
         key = address_prefix(pool_id) + freed
 
         def attempt(_: int) -> None:
-            [current] = self._conn.get(key)
-            if current is None or current[0].get("owner") == GATEWAY_OWNER:
+            [current] = self._kv.get(key)
+            if current is None or load(current).get("owner") == GATEWAY_OWNER:
                 return None  # the gateway goes with the pool
-            owner_key = owner_prefix(pool_id) + current[0]["owner"]
-            if self._txn([unchanged(key, current)], [OPS.delete(key), OPS.delete(owner_key)]) is RETRY:
+            owner_key = owner_prefix(pool_id) + load(current)["owner"]
+            if self._txn([unchanged(key, current)], [Delete(key), Delete(owner_key)]) is RETRY:
                 return RETRY
             self._note_taken(pool_id, freed, taken=False)
             return None
@@ -242,5 +267,6 @@ class EtcdIpam:
         self._retry(f"releasing address {address}", attempt)
 
     def list_addresses(self, pool_id: str) -> dict[str, str]:
-        items, _ = self._conn.prefix(address_prefix(pool_id))
-        return {key.rsplit("/", 1)[1]: data["owner"] for key, (data, _) in items}
+        """address -> owner, for every reserved address of the pool (empty for an unknown pool)."""
+        items, _ = self._kv.range(address_prefix(pool_id))
+        return {i.key.rsplit("/", 1)[1]: load(i)["owner"] for i in items}

@@ -1,0 +1,251 @@
+"""The cluster store: pyoverlay's policy (networks, VNIs, pools, addresses, endpoints, bindings, hosts,
+leave/delete/forget) written once over the key-value primitive of kv.py, which etcd and the embedded
+SQLite store both implement. Key layout and policies: docs/kvstore.md.
+
+Every allocation is a read followed by a transaction that compares what was read (version or
+mod_revision) and retries from the read on a lost race. Nothing takes a lock or a lease for mutual
+exclusion, so a crashed agent can never wedge the others. Writes are idempotent: a write that timed out
+may have committed, and the retry's read sees that and answers as the first attempt would have.
+Pools and addresses live in ipam.py, networks in networks.py; hosts, endpoints, forgetting a host and
+the scoped watches here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+
+from .ipam import RETRY
+from .keys import (
+    ENDPOINTS,
+    HOSTS,
+    NETWORKS,
+    address_prefix,
+    bindings_prefix,
+    decode,
+    dump,
+    endpoint_index_key,
+    endpoint_key,
+    endpoints_prefix,
+    left_prefix,
+    load,
+    owner_prefix,
+    segment,
+)
+from .kv import Change, Delete, Item, KeyValue, Put, Watch, same_incarnation, unchanged
+from .model import Endpoint, Event, Host, Network, NotFound
+from .networks import NetworkPolicy
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[list[Event] | Exception], None]
+
+
+class Store(NetworkPolicy):
+    """The one store interface. Every write is idempotent: a retried call that already took effect
+    answers as the first one did."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        super().__init__(kv)
+        self._leases: dict[str, tuple[int, int]] = {}  # host_id -> (lease id, ttl)
+        self._lease_lock = threading.Lock()
+
+    # -- hosts --------------------------------------------------------------------------------------
+    def register_host(self, host: Host, ttl: int = 30) -> None:
+        """Record this host as alive under a lease of ``ttl`` seconds; call again to refresh."""
+        key = HOSTS + segment(host.host_id, "host id")
+        with self._lease_lock:
+            lease = self._leases.get(host.host_id)
+            if lease is None or lease[1] != ttl or not self._kv.keepalive(lease[0]):
+                lease = (self._kv.grant(ttl), ttl)  # first call, or the old lease expired
+                self._leases[host.host_id] = lease
+            self._kv.txn([], [Put(key, dump(host), lease=lease[0])])
+
+    def list_hosts(self) -> list[Host]:
+        """Hosts whose registration is alive."""
+        items, _ = self._kv.range(HOSTS)
+        return [Host.from_json(load(i)) for i in items]
+
+    # -- endpoints ----------------------------------------------------------------------------------
+    def put_endpoint(self, endpoint: Endpoint) -> Endpoint:
+        """Create or overwrite. NotFound if its network does not exist."""
+        segment(endpoint.network_id, "network id")
+        index_key = endpoint_index_key(segment(endpoint.endpoint_id, "endpoint id"))
+
+        def attempt(_: int) -> Endpoint:
+            network, index = self._kv.get(NETWORKS + endpoint.network_id, index_key)
+            if network is None:
+                raise NotFound(f"network {endpoint.network_id} not found")
+            ops: list[Put | Delete] = [
+                Put(endpoint_key(endpoint.network_id, endpoint.endpoint_id), dump(endpoint)),
+                Put(index_key, dump({"network_id": endpoint.network_id})),
+            ]
+            if index is not None and load(index)["network_id"] != endpoint.network_id:
+                ops.append(Delete(endpoint_key(load(index)["network_id"], endpoint.endpoint_id)))
+            compares = [
+                same_incarnation(NETWORKS + endpoint.network_id, network),
+                unchanged(index_key, index),
+            ]
+            return endpoint if self._txn(compares, ops) is not RETRY else RETRY
+
+        return self._retry("storing an endpoint", attempt)
+
+    def _locate_endpoint(self, endpoint_id: str) -> tuple[str, Item | None, str | None]:
+        """(index key, index entry or None, endpoint key or None): where the endpoint's record lives."""
+        index_key = endpoint_index_key(endpoint_id)
+        [index] = self._kv.get(index_key)
+        key = endpoint_key(load(index)["network_id"], endpoint_id) if index is not None else None
+        return index_key, index, key
+
+    def get_endpoint(self, endpoint_id: str) -> Endpoint:
+        """Raises NotFound."""
+        _, _, key = self._locate_endpoint(endpoint_id)
+        if key is not None:
+            [current] = self._kv.get(key)
+            if current is not None:
+                return Endpoint.from_json(load(current))
+        raise NotFound(f"endpoint {endpoint_id} not found")
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        """Unknown endpoint: no-op."""
+
+        def attempt(_: int) -> None:
+            index_key, index, key = self._locate_endpoint(endpoint_id)
+            if key is None:
+                return None
+            return self._txn([unchanged(index_key, index)], [Delete(index_key), Delete(key)])
+
+        self._retry("deleting an endpoint", attempt)
+
+    def set_endpoint_name(self, endpoint_id: str, name: str) -> None:
+        """Set the container_name of an existing endpoint, changing nothing else, atomically: a put
+        event follows. Unknown endpoint (or one deleted meanwhile: the delete wins) or the same name:
+        no-op, never a write."""
+
+        def attempt(_: int) -> None:
+            index_key, index, key = self._locate_endpoint(endpoint_id)
+            if key is None:
+                return None
+            [current] = self._kv.get(key)
+            if current is None or load(current).get("container_name") == name:
+                return None
+            renamed = replace(Endpoint.from_json(load(current)), container_name=name)
+            # A delete (or a move to another network) in between fails the compare: never resurrect.
+            compares = [unchanged(index_key, index), unchanged(key, current)]
+            return self._txn(compares, [Put(key, dump(renamed))])
+
+        self._retry("renaming an endpoint", attempt)
+
+    def list_endpoints(self, network_id: str | None = None) -> list[Endpoint]:
+        """The endpoints of one network, or of every network (an operator's view: a range of all)."""
+        if network_id is not None:
+            return self.endpoints_at(network_id)[0]
+        items, _ = self._kv.range(ENDPOINTS)
+        return sorted((Endpoint.from_json(load(i)) for i in items), key=lambda e: e.endpoint_id)
+
+    def endpoints_at(self, network_id: str) -> tuple[list[Endpoint], int]:
+        """The network's endpoints, and the revision they were read at (for watch_endpoints)."""
+        items, revision = self._kv.range(endpoints_prefix(segment(network_id, "network id")))
+        return sorted((Endpoint.from_json(load(i)) for i in items), key=lambda e: e.endpoint_id), revision
+
+    # -- forgetting a dead host --------------------------------------------------------------------
+    def forget_host(self, host_id: str) -> int:
+        """Remove what a host an operator declared dead left behind, and return how many endpoints
+        that was. Every endpoint of the host is deleted and its address freed (the one its MAC owns
+        in the network's pool). Each of its bindings is dropped; a cluster network no other host binds
+        goes with it (as in delete_network), one that other hosts bind stays even without endpoints.
+        The host is then dropped from every pool's holders as by release_pool, its "left" marks are
+        cleared, and its registration deleted. Idempotent (a second call returns 0), and safe against
+        allocations and deletions running at the same time on other hosts."""
+        segment(host_id, "host id")
+        theirs = [e for e in self.list_endpoints() if e.host_id == host_id]
+        removed = sum(self._forget_endpoint(e) for e in theirs)
+        for docker_network_id in self.bindings(host_id):
+            self._unbind(host_id, docker_network_id, forgetting=True)
+        for pool in self.list_pools():  # after the bindings: a pool its networks no longer hold can go
+            if host_id in pool.holders:
+                self.release_pool(host_id, pool.pool_id)
+        marks = [left_prefix(network_id) + host_id for network_id in self.left_networks(host_id)]
+        [registration] = self._kv.get(HOSTS + host_id)
+        if marks or registration is not None:
+            self._kv.txn([], [*(Delete(key) for key in marks), Delete(HOSTS + host_id)])
+        return removed
+
+    def _forget_endpoint(self, endpoint: Endpoint) -> bool:
+        """Delete the endpoint and free its address (owned by its MAC in the network's pool)."""
+        key = endpoint_key(endpoint.network_id, endpoint.endpoint_id)
+        index_key = endpoint_index_key(endpoint.endpoint_id)
+
+        def attempt(_: int) -> bool:
+            current, index, network = self._kv.get(key, index_key, NETWORKS + endpoint.network_id)
+            if current is None or load(current).get("host_id") != endpoint.host_id:
+                return False
+            compares = [unchanged(key, current), unchanged(index_key, index)]
+            ops = [Delete(key)]
+            if index is not None and load(index)["network_id"] == endpoint.network_id:
+                ops.append(Delete(index_key))
+            pool_id = load(network).get("pool_id") if network else None
+            mac = load(current).get("mac", "")
+            freed = None
+            if pool_id and mac:
+                owner_key = owner_prefix(pool_id) + mac
+                [owner] = self._kv.get(owner_key)
+                if owner is not None:
+                    freed = load(owner)["address"]
+                    address_key = address_prefix(pool_id) + freed
+                    [address] = self._kv.get(address_key)
+                    compares += [unchanged(owner_key, owner), unchanged(address_key, address)]
+                    ops.append(Delete(owner_key))
+                    if address is not None and load(address).get("owner") == mac:
+                        ops.append(Delete(address_key))
+            if self._txn(compares, ops) is RETRY:
+                return RETRY
+            if freed:
+                self._note_taken(pool_id, freed, taken=False)
+            return True
+
+        return self._retry(f"forgetting endpoint {endpoint.endpoint_id}", attempt)
+
+    # -- scoped watches -----------------------------------------------------------------------------
+    # A host lists what it needs at revision R (networks_at, bindings_at, endpoints_at) and watches
+    # each from R + 1: the network list, its own bindings, and the endpoints of the networks it binds.
+    # The sink gets batches of Events in order, or the error that ended the watch (Compacted,
+    # StoreUnavailable): then list again. Watches start at once (StoreUnavailable/Compacted if not).
+    def watch_networks(self, start_revision: int, sink: EventSink) -> Watch:
+        return self._watch(NETWORKS, start_revision, sink, "network", Network.from_json)
+
+    def watch_bindings(self, host_id: str, start_revision: int, sink: EventSink) -> Watch:
+        """Events of kind "binding": key_id the Docker network id, record the cluster network id."""
+        prefix = bindings_prefix(segment(host_id, "host id"))
+        return self._watch(prefix, start_revision, sink, "binding", lambda data: data["network_id"])
+
+    def watch_endpoints(self, network_id: str, start_revision: int, sink: EventSink) -> Watch:
+        prefix = endpoints_prefix(segment(network_id, "network id"))
+        return self._watch(prefix, start_revision, sink, "endpoint", Endpoint.from_json)
+
+    def _watch(
+        self, prefix: str, start: int, sink: EventSink, kind: str, parse: Callable[[dict], object]
+    ) -> Watch:
+        def deliver(batch: list[Change] | Exception) -> None:
+            if isinstance(batch, Exception):
+                sink(batch)
+                return
+            events = []
+            for change in batch:
+                try:
+                    record = None if change.value is None else parse(decode(change.value))
+                except (ValueError, KeyError, TypeError) as exc:  # one bad record never stops a host
+                    log.warning("ignoring unreadable %s %s: %s", kind, change.key, exc)
+                    continue
+                action = "delete" if change.value is None else "put"
+                events.append(Event(kind, action, change.key.rsplit("/", 1)[1], record, change.revision))
+            if events:
+                sink(events)
+
+        return self._kv.watch(prefix, start, deliver)
+
+    def close(self) -> None:
+        """Release connections and threads."""
+        self._kv.close()

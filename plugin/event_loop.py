@@ -1,0 +1,298 @@
+"""The one event loop of a host: the only writer of FDB and neighbour entries for remote endpoints.
+
+Everything it reacts to enters one queue: the store's watches, handler kicks, Docker sync's findings and
+a periodic resync timer. It watches only what this host needs, each scope listed at revision R and
+watched from R + 1: the network list, this host's bindings, and the endpoints of each network bound
+here (joining a network starts that scope, leaving it stops it). A watch lives until it fails; then
+only its scope is listed again. What to program is computed by driver.peers' pure functions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from driver import Dataplane, DataplaneError
+from driver.peers import Peer, desired_state, diff
+from kvstore import Endpoint, Event, Network, NotFound, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+NETWORKS, BINDINGS, ENDPOINTS = "networks", "bindings", "endpoints/"  # scopes; ENDPOINTS + network id
+RETRY_MIN, RETRY_MAX = 0.5, 10.0
+
+
+def remote_peers(host_id: str, endpoints: dict[str, Endpoint]) -> list[Peer]:
+    """Endpoints on other hosts, as the dataplane programs them."""
+    return [
+        Peer(mac=e.mac, ip=e.address.split("/")[0] if e.address else None, vtep=e.vtep)
+        for e in endpoints.values()
+        if e.host_id != host_id
+    ]
+
+
+@dataclass(frozen=True)
+class View:
+    """What the loop knows, for other threads (Docker sync): copies, consistent with each other."""
+
+    networks: dict[str, Network] = field(default_factory=dict)  # network_id -> Network, every network
+    bindings: dict[str, str] = field(default_factory=dict)  # docker_network_id -> network_id, this host
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)  # endpoint_id -> this host's endpoints
+
+
+class EventLoop:
+    def __init__(
+        self,
+        store: Store,
+        dataplane: Dataplane,
+        host_id: str,
+        ensure_devices: Callable[[Network], None],
+        on_network_event: Callable[[str, Network | None], None] = lambda network_id, network: None,
+        resync_interval: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.dataplane = dataplane
+        self.host_id = host_id
+        self.ensure_devices = ensure_devices  # builds bridge + VXLAN of a network bound here
+        self.on_network_event = on_network_event  # the Docker side follows networks made or removed elsewhere
+        self.resync_interval = resync_interval
+        self.networks: dict[str, Network] = {}
+        self.bindings: dict[str, str] = {}  # docker_network_id -> network_id
+        self.endpoints: dict[str, dict[str, Endpoint]] = {}  # network_id -> endpoints, bound networks only
+        self.queue: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
+        self._watches: dict[str, tuple[int, Any]] = {}  # scope -> (generation, Watch)
+        self._generations = itertools.count(1)
+        self._broken: set[str] = set()  # scopes to list again
+        self._retry_at, self._retry_delay = 0.0, RETRY_MIN
+        self._view_lock = threading.Lock()
+
+    # -- inputs, from any thread --------------------------------------------------------------------
+    def kick(self, network_id: str = "") -> None:
+        """A handler or Docker sync changed a network on this host: check its devices and peers."""
+        self.queue.put(("kick", network_id, None))
+
+    def resync(self) -> None:
+        self.queue.put(("resync", None, None))
+
+    def view(self) -> View:
+        with self._view_lock:
+            own = {
+                e.endpoint_id: e
+                for endpoints in self.endpoints.values()
+                for e in endpoints.values()
+                if e.host_id == self.host_id
+            }
+            return View(dict(self.networks), dict(self.bindings), own)
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        self.relist()
+        next_resync = time.monotonic() + self.resync_interval
+        while not stop.is_set():
+            now = time.monotonic()
+            wake = min(next_resync, self._retry_at if self._broken else next_resync)
+            try:
+                item = self.queue.get(timeout=max(0.0, min(wake - now, 1.0)))
+            except queue.Empty:
+                item = None
+            try:
+                if item is not None:
+                    self.handle(*item)
+                elif self._broken and time.monotonic() >= self._retry_at:
+                    self.repair()
+                if time.monotonic() >= next_resync:
+                    self.handle("resync", None, None)
+                    next_resync = time.monotonic() + self.resync_interval
+            except Exception:  # one bad item never stops the loop
+                log.exception("event loop: %s failed", item[0] if item else "repair")
+        self.close()
+
+    def relist(self) -> None:
+        """List every scope this host needs, program the kernel, and start the watches."""
+        self._broken = {NETWORKS, BINDINGS}
+        self.repair()
+        self.collect_devices()
+
+    def repair(self) -> None:
+        """List the broken scopes again (listing the bindings may add endpoint scopes) and restart their
+        watches; on a store failure, try again later."""
+        while self._broken:
+            scope = min(self._broken, key=lambda s: (s != NETWORKS, s != BINDINGS, s))
+            try:
+                self._list(scope)
+            except StoreError as exc:
+                log.warning(
+                    "store unavailable (%s); listing %s again in %.1fs", exc, scope, self._retry_delay
+                )
+                self._retry_at = time.monotonic() + self._retry_delay
+                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+                return
+            self._broken.discard(scope)
+        self._retry_delay = RETRY_MIN
+
+    def handle(self, kind: str, scope: Any, payload: Any) -> None:
+        if kind == "kick":
+            self.collect_devices()
+            if scope in self.endpoints:
+                self.sync(scope, ensure=True)
+        elif kind == "resync":  # drift in the kernel (an entry deleted by hand) is repaired here
+            for network_id in list(self.endpoints):
+                self.sync(network_id, ensure=True)
+            self.collect_devices()
+        elif kind == "watch":
+            generation, batch = payload
+            current = self._watches.get(scope)
+            if current is None or current[0] != generation:
+                return  # from a watch cancelled since
+            if isinstance(batch, Exception):
+                log.info("watch of %s ended (%s); listing it again", scope, batch)
+                self._watches.pop(scope, None)
+                self._broken.add(scope)
+                self._retry_at = 0.0
+            else:
+                self._apply(scope, batch)
+        if self._broken and time.monotonic() >= self._retry_at:
+            self.repair()
+
+    def close(self) -> None:
+        for scope in list(self._watches):
+            self._stop_watch(scope)
+
+    # -- scopes -------------------------------------------------------------------------------------
+    def _list(self, scope: str) -> None:
+        if scope == NETWORKS:
+            networks, revision = self.store.networks_at()
+            with self._view_lock:
+                self.networks = {n.network_id: n for n in networks}
+            self._watch(scope, lambda sink: self.store.watch_networks(revision + 1, sink))
+            for network in networks:
+                self.on_network_event(network.network_id, network)
+        elif scope == BINDINGS:
+            bindings, revision = self.store.bindings_at(self.host_id)
+            with self._view_lock:
+                self.bindings = bindings
+            self._watch(scope, lambda sink: self.store.watch_bindings(self.host_id, revision + 1, sink))
+            self._follow_bindings()
+        elif scope[len(ENDPOINTS) :] in self.endpoints:  # still bound
+            network_id = scope[len(ENDPOINTS) :]
+            endpoints, revision = self.store.endpoints_at(network_id)
+            with self._view_lock:
+                self.endpoints[network_id] = {e.endpoint_id: e for e in endpoints}
+            self._watch(scope, lambda sink: self.store.watch_endpoints(network_id, revision + 1, sink))
+            self.sync(network_id, ensure=True)
+
+    def _watch(self, scope: str, start: Callable[[Callable[[Any], None]], Any]) -> None:
+        self._stop_watch(scope)
+        generation = next(self._generations)
+        watch = start(lambda batch: self.queue.put(("watch", scope, (generation, batch))))
+        self._watches[scope] = (generation, watch)
+
+    def _stop_watch(self, scope: str) -> None:
+        _, watch = self._watches.pop(scope, (0, None))
+        if watch is not None:
+            watch.cancel()
+
+    def _follow_bindings(self) -> None:
+        """Start the endpoint scope of every network bound here, stop those of networks left."""
+        bound = set(self.bindings.values())
+        for network_id in sorted(bound - set(self.endpoints)):
+            if network_id not in self.networks:  # the binding's event came before the network's
+                try:
+                    network = self.store.get_network(network_id)
+                except NotFound:
+                    continue  # deleted on another host: this host's own delete_network drops the binding
+                with self._view_lock:
+                    self.networks[network_id] = network
+            with self._view_lock:
+                self.endpoints[network_id] = {}
+            self._broken.add(ENDPOINTS + network_id)
+        for network_id in set(self.endpoints) - bound:
+            self._leave(network_id)
+
+    def _leave(self, network_id: str) -> None:
+        self._stop_watch(ENDPOINTS + network_id)
+        self._broken.discard(ENDPOINTS + network_id)
+        with self._view_lock:
+            self.endpoints.pop(network_id, None)
+        self.collect_devices()
+
+    def _apply(self, scope: str, events: list[Event]) -> None:
+        with self._view_lock:
+            for event in events:
+                if scope == NETWORKS:
+                    if isinstance(event.record, Network):
+                        self.networks[event.key_id] = event.record
+                    else:
+                        self.networks.pop(event.key_id, None)
+                elif scope == BINDINGS:
+                    if isinstance(event.record, str):
+                        self.bindings[event.key_id] = event.record
+                    else:
+                        self.bindings.pop(event.key_id, None)
+                else:
+                    endpoints = self.endpoints.get(scope[len(ENDPOINTS) :])
+                    if endpoints is None:
+                        continue
+                    if isinstance(event.record, Endpoint):
+                        endpoints[event.key_id] = event.record
+                    else:
+                        endpoints.pop(event.key_id, None)
+        if scope == NETWORKS:
+            for event in events:
+                self.on_network_event(event.key_id, self.networks.get(event.key_id))
+                if event.action == "delete" and event.key_id in self.endpoints:
+                    self._leave(event.key_id)  # removed on another host: its devices go
+        elif scope == BINDINGS:
+            self._follow_bindings()
+        else:
+            self.sync(scope[len(ENDPOINTS) :])  # at once: convergence time is what users feel
+
+    # -- the kernel ---------------------------------------------------------------------------------
+    def collect_devices(self) -> None:
+        """Remove the devices of networks no longer bound here (removed on another host, or while the agent
+        was down). Devices are listed before bindings are read from the store: a network being created
+        has its binding written before its devices, so it is never taken for garbage."""
+        try:
+            present = self.dataplane.network_vnis()
+            wanted = set()
+            for network_id in self.store.bindings(self.host_id).values():
+                network = self.networks.get(network_id)
+                if network is None:
+                    try:
+                        network = self.store.get_network(network_id)
+                    except NotFound:
+                        continue
+                wanted.add(network.vni)
+        except (StoreError, DataplaneError) as exc:
+            log.warning("cannot collect devices: %s", exc)
+            return
+        for vni in present - wanted:
+            log.info("removing devices of VNI %d: no network bound here uses it", vni)
+            try:
+                self.dataplane.delete_network(vni)
+            except DataplaneError as exc:
+                log.warning("VNI %d: %s", vni, exc)
+
+    def sync(self, network_id: str, ensure: bool = False) -> None:
+        """Program the network's remote peers; a failure is logged, and the next event for the network
+        or the next resync tries again."""
+        network = self.networks.get(network_id)
+        endpoints = self.endpoints.get(network_id)
+        if network is None or endpoints is None:
+            return
+        try:
+            if ensure:
+                self.ensure_devices(network)
+            peers = remote_peers(self.host_id, endpoints)
+            desired = desired_state(peers, {p.vtep for p in peers})
+            changes = diff(desired, self.dataplane.read_peers(network.vni))
+            for error in self.dataplane.apply_peers(network.vni, changes):
+                log.warning("network %s: %s", network.name or network_id[:12], error)
+        except DataplaneError as exc:
+            log.warning("network %s: %s", network.name or network_id[:12], exc)

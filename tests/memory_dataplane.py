@@ -1,0 +1,75 @@
+"""An in-memory Dataplane for the middle test tier and the scale benchmark: the same methods and the
+same observable state as driver.Dataplane (devices per VNI, veths per endpoint, FDB/neighbour entries),
+recorded instead of programmed. tests/netlink/test_dataplane_contract.py holds both to one contract."""
+
+from __future__ import annotations
+
+import threading
+
+from driver import DataplaneError, PeerChanges, PeerState
+from driver.names import check_vni
+
+
+class MemoryDataplane:
+    def __init__(self) -> None:
+        self.networks: dict[int, dict[str, object]] = {}  # vni -> settings
+        self.endpoints: dict[str, tuple[int, str, int]] = {}  # endpoint id -> (vni, mac, mtu)
+        self.peers: dict[int, PeerState] = {}
+        self.calls: list[tuple[str, object]] = []  # (method, main argument), in order
+        self.fail_vnis: set[int] = set()  # ensure_network on these raises, as a kernel error would
+        self._lock = threading.Lock()
+
+    def ensure_network(self, vni: int, mtu: int, local_ip: str, port: int = 4789) -> None:
+        check_vni(vni)
+        with self._lock:
+            self.calls.append(("ensure_network", vni))
+            if vni in self.fail_vnis:
+                raise DataplaneError(f"VNI {vni}: injected failure")
+            self.networks[vni] = {"mtu": mtu, "local_ip": local_ip, "port": port}
+            self.peers.setdefault(vni, PeerState())
+
+    def delete_network(self, vni: int) -> None:
+        with self._lock:
+            self.calls.append(("delete_network", vni))
+            self.networks.pop(vni, None)
+            self.peers.pop(vni, None)
+            for endpoint_id in [e for e, (v, _, _) in self.endpoints.items() if v == vni]:
+                del self.endpoints[endpoint_id]
+
+    def network_vnis(self) -> set[int]:
+        with self._lock:
+            return set(self.networks)
+
+    def ensure_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
+        with self._lock:
+            self.calls.append(("ensure_endpoint", endpoint_id))
+            if vni not in self.networks:
+                raise DataplaneError(f"VNI {vni}: bridge not found")
+            self.endpoints[endpoint_id] = (vni, mac, mtu)
+        return f"poc{endpoint_id[:12]}"
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        with self._lock:
+            self.calls.append(("delete_endpoint", endpoint_id))
+            self.endpoints.pop(endpoint_id, None)
+
+    def endpoint_ids_prefixes(self) -> set[str]:
+        with self._lock:
+            return {endpoint_id[:12] for endpoint_id in self.endpoints}
+
+    def read_peers(self, vni: int) -> PeerState:
+        with self._lock:
+            return self.peers.get(vni, PeerState())
+
+    def apply_peers(self, vni: int, changes: PeerChanges) -> list[str]:
+        with self._lock:
+            if vni not in self.networks:
+                return [f"VNI {vni}: apply peers: device not found"] if changes else []
+            if changes:
+                self.calls.append(("apply_peers", vni))
+            state = self.peers[vni]
+            self.peers[vni] = PeerState(
+                fdb=(state.fdb - changes.del_fdb) | changes.add_fdb,
+                neigh=(state.neigh - changes.del_neigh) | changes.add_neigh,
+            )
+        return []
