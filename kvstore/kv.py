@@ -30,9 +30,9 @@ class Item:
 @dataclass(frozen=True)
 class Compare:
     """``<target> of key <op> value``. target: "value" | "version" | "create" | "mod"; op: "==" "!="
-    "<" ">". With ``prefix``, it holds for every key under ``key`` (etcd's range compare); a prefix
-    with no key holds vacuously. An absent key has version, create and mod revision 0 (and no value:
-    a value compare on it fails)."""
+    "<" ">". An absent key has version, create and mod revision 0, and no value (a value compare on it
+    fails). With ``prefix``, it must hold for every key under ``key`` (etcd's range compare); a prefix
+    with no key at all compares as one absent key."""
 
     key: str
     target: str
@@ -122,7 +122,10 @@ class KeyValue(abc.ABC):
 
     @abc.abstractmethod
     def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> bool:
-        """Apply ``ops`` atomically if every compare holds; False (nothing written) if one failed."""
+        """Apply ``ops`` atomically if every compare holds; False (nothing written) if one failed. A
+        transaction that changes nothing (deletes of absent keys) does not bump the revision. etcd's
+        limits hold for portable callers: at most 128 ops, and no key named twice (a put under a
+        prefix deleted in the same transaction counts)."""
 
     @abc.abstractmethod
     def grant(self, ttl: int) -> int:
@@ -136,7 +139,8 @@ class KeyValue(abc.ABC):
     def watch(self, prefix: str, start_revision: int, sink: WatchSink) -> Watch:
         """Deliver every change under ``prefix`` with revision >= ``start_revision`` to ``sink``, from a
         thread of the store's, until cancelled. Raises Compacted / StoreUnavailable if the watch cannot
-        start; a later compaction or lost connection is delivered once to the sink, and the watch ends."""
+        start; a later compaction or lost connection is delivered once to the sink, and the watch ends.
+        The sink must return quickly (it runs on the thread that feeds every watch) and may cancel."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and threads."""

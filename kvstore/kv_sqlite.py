@@ -11,6 +11,7 @@ and polling the file four times a second for another process's.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import sqlite3
 import threading
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from .kv import Change, Compare, Delete, Item, KeyValue, Op, Put, Watch, WatchSink, prefix_end
 from .model import Compacted, InvalidRequest, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 FILE_NAME = "store.db"
 _POLL = 0.25  # how soon a write by another process (the CLI) reaches the watches
@@ -266,7 +269,10 @@ class _SqliteWatch(Watch):
             if isinstance(batch, Exception):
                 self._done = True
                 self.kv._forget(self.watch_id)
-            self.sink(batch)
+            try:
+                self.sink(batch)
+            except Exception:  # the one dispatcher thread serves every watch: never let a sink stop it
+                log.exception("watch sink of %s failed", self.prefix)
 
     def cancel(self) -> None:
         with self._lock:
@@ -284,9 +290,12 @@ def _row_item(row: tuple | None, keys_only: bool = False) -> Item | None:
 def _holds(db: sqlite3.Connection, c: Compare) -> bool:
     column, op = _COLUMNS[c.target], _OPS[c.op]
     if c.prefix:
+        bounds = (c.key, prefix_end(c.key))
+        if db.execute("SELECT 1 FROM kv WHERE key >= ? AND key < ? LIMIT 1", bounds).fetchone() is None:
+            return c.target != "value" and _holds(db, Compare(c.key, c.target, c.op, c.value))  # as etcd
         failing = db.execute(
             f"SELECT 1 FROM kv WHERE key >= ? AND key < ? AND NOT ({column} {op} ?) LIMIT 1",
-            (c.key, prefix_end(c.key), c.value),
+            (*bounds, c.value),
         ).fetchone()
         return failing is None
     row = db.execute(f"SELECT {column} FROM kv WHERE key = ?", (c.key,)).fetchone()
