@@ -32,9 +32,7 @@ class MemoryDataplane:
         with self._lock:
             self.calls.append(("delete_network", vni))
             self.networks.pop(vni, None)
-            self.peers.pop(vni, None)
-            for endpoint_id in [e for e, (v, _, _) in self.endpoints.items() if v == vni]:
-                del self.endpoints[endpoint_id]
+            self.peers.pop(vni, None)  # veths stay, detached, as in the kernel
 
     def network_vnis(self) -> set[int]:
         with self._lock:
@@ -59,7 +57,9 @@ class MemoryDataplane:
 
     def read_peers(self, vni: int) -> PeerState:
         with self._lock:
-            return self.peers.get(vni, PeerState())
+            if vni not in self.networks:
+                raise DataplaneError(f"VNI {vni}: read peers: device not found")
+            return self.peers[vni]
 
     def apply_peers(self, vni: int, changes: PeerChanges) -> list[str]:
         with self._lock:

@@ -1,0 +1,71 @@
+"""One contract for the real Dataplane (in a throwaway namespace) and tests/memory_dataplane.py's
+MemoryDataplane, which the service tier and the scale benchmark use in its place: what each method
+leaves observable through the others must be the same."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from driver import Dataplane, DataplaneError, Peer, PeerState, desired_state, diff
+from tests.memory_dataplane import MemoryDataplane
+
+from .nsutil import TEST_VNI
+
+pytestmark = pytest.mark.netlink
+
+ENDPOINT = "contract" + "cd" * 28
+PEERS = [Peer("02:42:0a:01:00:03", "10.1.0.3", "192.0.2.2"), Peer("02:42:0a:01:00:04", None, "192.0.2.3")]
+
+
+@pytest.fixture(params=["kernel", "memory"])
+def plane(request: pytest.FixtureRequest) -> Iterator[Dataplane | MemoryDataplane]:
+    if request.param == "memory":
+        yield MemoryDataplane()
+        return
+    ns = request.getfixturevalue("ns")
+    with Dataplane(netns=ns) as dp:
+        yield dp
+
+
+def test_network_lifecycle_is_idempotent(plane) -> None:
+    assert plane.network_vnis() == set()
+    plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
+    plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
+    assert plane.network_vnis() == {TEST_VNI}
+    plane.delete_network(TEST_VNI)
+    plane.delete_network(TEST_VNI)
+    assert plane.network_vnis() == set()
+    with pytest.raises(ValueError):
+        plane.ensure_network(0, 1450, "192.0.2.1")
+
+
+def test_endpoints_need_their_network_and_outlive_it(plane) -> None:
+    with pytest.raises(DataplaneError):
+        plane.ensure_endpoint(TEST_VNI, ENDPOINT, "02:42:0a:01:00:02", 1450)
+    plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
+    first = plane.ensure_endpoint(TEST_VNI, ENDPOINT, "02:42:0a:01:00:02", 1450)
+    assert plane.ensure_endpoint(TEST_VNI, ENDPOINT, "02:42:0a:01:00:02", 1450) == first
+    assert plane.endpoint_ids_prefixes() == {ENDPOINT[:12]}
+    plane.delete_endpoint(ENDPOINT)
+    plane.delete_endpoint(ENDPOINT)
+    assert plane.endpoint_ids_prefixes() == set()
+    plane.ensure_endpoint(TEST_VNI, ENDPOINT, "02:42:0a:01:00:02", 1450)
+    plane.delete_network(TEST_VNI)
+    assert plane.endpoint_ids_prefixes() == {ENDPOINT[:12]}  # a veth outlives its bridge
+    plane.delete_endpoint(ENDPOINT)
+    assert plane.endpoint_ids_prefixes() == set()
+
+
+def test_peers_round_trip_and_need_the_device(plane) -> None:
+    desired = desired_state(PEERS, {p.vtep for p in PEERS})
+    with pytest.raises(DataplaneError):
+        plane.read_peers(TEST_VNI)
+    assert plane.apply_peers(TEST_VNI, diff(desired, PeerState())) != []  # no device: reported, not raised
+    plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
+    assert plane.read_peers(TEST_VNI) == PeerState()
+    assert plane.apply_peers(TEST_VNI, diff(desired, plane.read_peers(TEST_VNI))) == []
+    assert plane.read_peers(TEST_VNI) == desired
+    fewer = desired_state(PEERS[:1], {PEERS[0].vtep})
+    assert plane.apply_peers(TEST_VNI, diff(fewer, plane.read_peers(TEST_VNI))) == []
+    assert plane.read_peers(TEST_VNI) == fewer
+    plane.delete_network(TEST_VNI)
