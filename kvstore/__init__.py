@@ -67,13 +67,6 @@ def open_kv(
     return kv
 
 
-def open_store(
-    etcd_endpoints: list[str],
-    state_dir: str | None,
-    *,
-    ca_cert: str | None = None,
-    cert_key: str | None = None,
-    cert_cert: str | None = None,
-) -> Store:
-    """The cluster store over open_kv's primitive."""
-    return Store(open_kv(etcd_endpoints, state_dir, ca_cert=ca_cert, cert_key=cert_key, cert_cert=cert_cert))
+def open_store(etcd_endpoints: list[str], state_dir: str | None, **tls: str | None) -> Store:
+    """The cluster store over open_kv's primitive (same arguments)."""
+    return Store(open_kv(etcd_endpoints, state_dir, **tls))

@@ -169,10 +169,15 @@ class EventLoop:
         if scope == NETWORKS:
             networks, revision = self.store.networks_at()
             with self._view_lock:
+                gone = set(self.networks) - {n.network_id for n in networks}  # deleted while unwatched
                 self.networks = {n.network_id: n for n in networks}
             self._watch(scope, lambda sink: self.store.watch_networks(revision + 1, sink))
             for network in networks:
                 self.on_network_event(network.network_id, network)
+            for network_id in gone:
+                self.on_network_event(network_id, None)
+                if network_id in self.endpoints:
+                    self._leave(network_id)
         elif scope == BINDINGS:
             bindings, revision = self.store.bindings_at(self.host_id)
             with self._view_lock:

@@ -1,0 +1,176 @@
+"""DockerSync's decisions against a fake daemon: what it creates, removes, names and collects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import plugin.docker_sync
+from kvstore import NotFound
+
+from .conftest import Host, Net, new_id
+
+
+class FakeNetwork:
+    def __init__(self, daemon: FakeDocker, network_id: str, name: str, driver: str, containers=None) -> None:
+        self.daemon, self.id, self.name = daemon, network_id, name
+        self.attrs: dict[str, Any] = {"Driver": driver, "Containers": containers or {}}
+        self.reloads = 0
+
+    def reload(self) -> None:
+        self.reloads += 1
+
+    def remove(self) -> None:
+        self.daemon.removed.append(self.name)
+        self.daemon.items.remove(self)
+
+
+class FakeNetworks:
+    def __init__(self, daemon: FakeDocker) -> None:
+        self.daemon = daemon
+
+    def list(self, filters: dict[str, str] | None = None) -> list[FakeNetwork]:
+        driver = (filters or {}).get("driver")
+        return [n for n in self.daemon.items if driver is None or n.attrs["Driver"] == driver]
+
+    def create(self, name: str, driver: str, options=None, ipam=None) -> FakeNetwork:
+        self.daemon.created.append({"name": name, "driver": driver, "options": options, "ipam": dict(ipam)})
+        network = FakeNetwork(self.daemon, new_id(), name, driver)
+        self.daemon.items.append(network)
+        if self.daemon.on_create is not None:
+            self.daemon.on_create(network, ipam["Config"][0])  # the daemon calls our plugin
+        return network
+
+
+class FakeDocker:
+    """Only what DockerSync.sync_once uses of a docker SDK client."""
+
+    def __init__(self) -> None:
+        self.items: list[FakeNetwork] = []
+        self.created: list[dict[str, Any]] = []
+        self.removed: list[str] = []
+        self.networks = FakeNetworks(self)
+        self.on_create: Callable[[FakeNetwork, dict[str, Any]], None] | None = None
+
+    def add(self, net: Net, name: str, containers: dict[str, dict[str, str]] | None = None) -> FakeNetwork:
+        network = FakeNetwork(self, net.docker_id, name, "pyoverlay", containers)
+        self.items.append(network)
+        return network
+
+
+def daemon_of(host: Host) -> FakeDocker:
+    host.sync._client = FakeDocker()
+    return host.sync._client
+
+
+def listed(host: Host) -> Host:
+    host.loop.relist()
+    host.settle()
+    return host
+
+
+def test_a_network_made_on_another_host_is_created_here(host_a: Host, host_b: Host):
+    theirs = host_b.create_network("10.30.0.0/24", ip_range="10.30.0.128/25")
+    daemon_b, daemon_a = daemon_of(host_b), daemon_of(host_a)
+    daemon_b.add(theirs, "web")
+    listed(host_a).sync.sync_once()
+    assert daemon_a.created == []  # its name is not known yet
+    listed(host_b).sync.sync_once()
+    assert host_b.cluster(theirs).name == "web"
+    host_a.drain(lambda: host_a.loop.view().networks[theirs.docker_id].name == "web")
+    daemon_a.on_create = lambda net, config: host_a.create_network(
+        config["Subnet"], docker_id=net.id, ip_range=config["IPRange"], gateway=config["Gateway"]
+    )
+    host_a.sync.sync_once()
+    gateway = host_b.cluster(theirs).gateway
+    config = {
+        "Subnet": "10.30.0.0/24",
+        "IPRange": "10.30.0.128/25",
+        "Gateway": gateway,
+        "AuxiliaryAddresses": None,
+    }
+    assert daemon_a.created == [
+        {
+            "name": "web",
+            "driver": "pyoverlay",
+            "options": None,
+            "ipam": {"Driver": "pyoverlay", "Config": [config]},
+        }
+    ]
+    [local] = daemon_a.items
+    assert host_a.store.bindings("host-a") == {local.id: theirs.docker_id}
+    host_a.settle()
+    host_a.sync.sync_once()
+    assert len(daemon_a.created) == 1 and daemon_a.removed == []
+
+
+def test_a_network_this_host_left_is_not_created_again(host_a: Host, host_b: Host):
+    theirs = host_b.create_network("10.30.0.0/24")
+    host_b.create_endpoint(theirs)
+    mine = host_a.create_network("10.30.0.0/24")
+    host_a.network.delete_network(mine.docker_id)  # B still uses it: A leaves
+    host_b.store.set_network_name(theirs.docker_id, "web")
+    daemon_a = daemon_of(listed(host_a))
+    assert host_a.loop.view().networks[theirs.docker_id].name == "web"
+    assert host_a.store.left_networks("host-a") == {theirs.docker_id}
+    host_a.sync.sync_once()
+    assert daemon_a.created == []
+
+
+def test_a_bound_network_removed_elsewhere_is_removed_from_this_daemon(host_a: Host, host_b: Host):
+    theirs = host_b.create_network("10.30.0.0/24")
+    mine = host_a.create_network("10.30.0.0/24")
+    daemon_a = daemon_of(listed(host_a))
+    daemon_a.add(mine, "web")
+    host_a.sync.sync_once()
+    assert daemon_a.removed == []
+    host_b.network.delete_network(theirs.docker_id)
+    host_a.drain(lambda: theirs.docker_id not in host_a.loop.view().networks)
+    host_a.sync.sync_once()
+    assert daemon_a.removed == ["web"] and daemon_a.items == []
+
+
+def test_network_and_container_names_are_learned(host_a: Host):
+    mine = host_a.create_network("10.30.0.0/24")
+    endpoint_id, _, _ = host_a.create_endpoint(mine)
+    daemon_a = daemon_of(listed(host_a))
+    local = daemon_a.add(mine, "web", {"c0ffee": {"EndpointID": endpoint_id, "Name": "db"}})
+    host_a.sync.sync_once()
+    assert host_a.cluster(mine).name == "web"
+    assert host_a.store.get_endpoint(endpoint_id).container_name == "db"
+    assert local.reloads == 1
+
+
+def test_own_endpoints_without_veth_or_container_are_collected_after_a_grace_period(
+    host_a: Host, monkeypatch
+):
+    mine = host_a.create_network("10.30.0.0/24")
+    kept, gone, in_container = (host_a.create_endpoint(mine) for _ in range(3))
+    for endpoint_id, _, _ in (gone, in_container):
+        del host_a.dp.endpoints[endpoint_id]  # the veth went (a reboot)
+    daemon_a = daemon_of(listed(host_a))
+    daemon_a.add(mine, "web", {"c0ffee": {"EndpointID": in_container[0], "Name": "db"}})
+    host_a.sync.sync_once()
+    assert len(host_a.store.list_endpoints()) == 3  # within the grace period
+    monkeypatch.setattr(plugin.docker_sync, "STALE_SECONDS", 0.0)
+    host_a.sync.sync_once()
+    assert {e.endpoint_id for e in host_a.store.list_endpoints()} == {kept[0], in_container[0]}
+    with pytest.raises(NotFound):
+        host_a.store.get_endpoint(gone[0])
+    addresses = host_a.store.list_addresses(mine.pool_id)
+    assert gone[1].split("/")[0] not in addresses
+    assert {addresses[a.split("/")[0]] for _, a, _ in (kept, in_container)} == {kept[2], in_container[2]}
+    assert addresses["10.30.0.1"] == "gateway"
+
+
+def test_a_binding_this_daemon_lost_is_dropped_after_a_grace_period(host_a: Host, monkeypatch):
+    mine = host_a.create_network("10.30.0.0/24")
+    daemon_of(listed(host_a))  # the network's DeleteNetwork failed: the daemon removed it anyway
+    host_a.sync.sync_once()
+    assert host_a.store.bindings("host-a") == {mine.docker_id: mine.docker_id}
+    monkeypatch.setattr(plugin.docker_sync, "STALE_SECONDS", 0.0)
+    host_a.sync.sync_once()
+    assert host_a.store.bindings("host-a") == {} and host_a.store.list_networks() == []
+    host_a.drain(lambda: host_a.dp.networks == {})

@@ -1,0 +1,130 @@
+"""IpamService over one store shared by two hosts: the same pools, gateways and addresses everywhere."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from kvstore import Conflict, NotFound
+from plugin.errors import BadRequest, ConflictError
+from plugin.messages import ReleaseAddressRequest, RequestAddressRequest, RequestPoolRequest
+
+from .conftest import DEFAULT_POOL, GATEWAY, MAC_OPTION, Host
+
+
+def pool(host: Host, subnet: str = "", ip_range: str = "", space: str = "pyoverlay", v6: bool = False):
+    body = {"AddressSpace": space, "Pool": subnet, "SubPool": ip_range, "V6": v6}
+    return host.ipam.request_pool(RequestPoolRequest.parse(body))
+
+
+def address(
+    host: Host, pool_id: str, mac: str | None = None, wanted: str | None = None, gateway=False
+) -> str:
+    options = dict(GATEWAY) if gateway else ({MAC_OPTION: mac} if mac else {})
+    body = {"PoolID": pool_id, "Options": options, **({"Address": wanted} if wanted else {})}
+    return host.ipam.request_address(RequestAddressRequest.parse(body))["Address"]
+
+
+def release(host: Host, pool_id: str, bare: str) -> None:
+    host.ipam.release_address(ReleaseAddressRequest.parse({"PoolID": pool_id, "Address": bare}))
+
+
+def test_same_subnet_gives_the_same_pool_and_gateway_on_every_host(host_a: Host, host_b: Host):
+    on_a, on_b = pool(host_a, "10.30.0.0/24"), pool(host_b, "10.30.0.0/24")
+    assert on_a == on_b == {"PoolID": "10.30.0.0/24", "Pool": "10.30.0.0/24", "Data": {}}
+    assert host_a.store.get_pool("10.30.0.0/24").holders == ("host-a", "host-b")
+    pool_id = on_a["PoolID"]
+    assert address(host_a, pool_id, gateway=True) == address(host_b, pool_id, gateway=True) == "10.30.0.1/24"
+    assert host_a.store.list_addresses(pool_id) == {"10.30.0.1": "gateway"}
+
+
+def test_address_by_mac_is_idempotent_across_hosts(host_a: Host, host_b: Host):
+    pool_id = pool(host_a, "10.30.0.0/24")["PoolID"]
+    pool(host_b, "10.30.0.0/24")
+    address(host_a, pool_id, gateway=True)
+    first = address(host_a, pool_id, "02:00:00:00:00:01")
+    assert address(host_a, pool_id, "02:00:00:00:00:01") == first  # Docker resent it
+    second = address(host_b, pool_id, "02:00:00:00:00:02")
+    assert (first, second) == ("10.30.0.2/24", "10.30.0.3/24")
+    assert host_a.store.list_addresses(pool_id) == {
+        "10.30.0.1": "gateway",
+        "10.30.0.2": "02:00:00:00:00:01",
+        "10.30.0.3": "02:00:00:00:00:02",
+    }
+
+
+def test_release_frees_the_address_but_not_the_gateway(host_a: Host):
+    pool_id = pool(host_a, "10.30.0.0/24")["PoolID"]
+    address(host_a, pool_id, gateway=True)
+    taken = address(host_a, pool_id, "02:00:00:00:00:01")
+    release(host_a, pool_id, taken.split("/")[0])
+    release(host_a, pool_id, taken.split("/")[0])  # resent: no-op
+    release(host_a, pool_id, "10.30.0.1")
+    assert host_a.store.list_addresses(pool_id) == {"10.30.0.1": "gateway"}
+    assert address(host_a, pool_id, "02:00:00:00:00:09", wanted=taken.split("/")[0]) == taken
+
+
+def test_explicit_addresses_and_ip_ranges(host_a: Host):
+    pool_id = pool(host_a, "10.30.0.0/24", "10.30.0.128/28")["PoolID"]
+    assert host_a.store.get_pool(pool_id).ip_range == "10.30.0.128/28"
+    # dynamic addresses come from the range: its first address is a host address of the subnet
+    assert address(host_a, pool_id, "02:00:00:00:00:01") == "10.30.0.128/24"
+    assert address(host_a, pool_id, "02:00:00:00:00:02", wanted="10.30.0.50") == "10.30.0.50/24"
+    with pytest.raises(Conflict, match="10.30.0.50"):
+        address(host_a, pool_id, "02:00:00:00:00:03", wanted="10.30.0.50")
+    assert address(host_a, pool_id, wanted="10.30.0.60") == "10.30.0.60/24"  # --aux-address: no MAC
+    assert host_a.store.list_addresses(pool_id)["10.30.0.60"] == "static:10.30.0.60"
+
+
+def test_a_second_network_on_the_same_subnet_is_refused_on_one_host(host_a: Host, host_b: Host):
+    net = host_a.create_network("10.30.0.0/24")
+    with pytest.raises(ConflictError, match=f"already used by network {net.docker_id[:12]}"):
+        pool(host_a, "10.30.0.0/24")
+    assert pool(host_b, "10.30.0.0/24")["PoolID"] == net.pool_id  # another host joins it
+    assert host_a.store.get_pool(net.pool_id).holders == ("host-a", "host-b")
+
+
+def test_default_pools_are_carved_from_the_default_range_without_overlap(host_a: Host, host_b: Host):
+    subnets = [pool(host, "")["Pool"] for host in (host_a, host_b, host_a)]
+    nets = [ipaddress.IPv4Network(s) for s in subnets]
+    assert len(set(subnets)) == 3
+    assert all(n.prefixlen == 24 and n.subnet_of(ipaddress.IPv4Network(DEFAULT_POOL)) for n in nets)
+
+
+def test_released_by_every_holder_the_pool_goes_with_its_addresses(host_a: Host, host_b: Host):
+    pool_id = pool(host_a, "10.30.0.0/24")["PoolID"]
+    pool(host_b, "10.30.0.0/24")
+    address(host_a, pool_id, "02:00:00:00:00:01")
+    host_a.ipam.release_pool(pool_id)
+    assert host_a.store.get_pool(pool_id).holders == ("host-b",)
+    host_b.ipam.release_pool(pool_id)
+    with pytest.raises(NotFound):
+        host_a.store.get_pool(pool_id)
+    assert host_a.store.list_addresses(pool_id) == {}
+
+
+BAD_POOLS = {
+    "ipv6": (dict(subnet="fd00::/64", v6=True), "IPv4 only"),
+    "address space": (dict(space="other"), "unknown address space 'other'"),
+    "host bits": (dict(subnet="10.1.0.7/24"), "host bits set; did you mean 10.1.0.0/24"),
+    "not a subnet": (dict(subnet="10.1.0.0/40"), "not a subnet in CIDR form"),
+    "range without subnet": (dict(ip_range="10.1.0.0/28"), "--ip-range needs --subnet"),
+    "range outside": (dict(subnet="10.1.0.0/24", ip_range="10.2.0.0/28"), "not inside subnet 10.1.0.0/24"),
+}
+
+
+@pytest.mark.parametrize("kwargs, message", BAD_POOLS.values(), ids=BAD_POOLS.keys())
+def test_bad_pool_request_is_refused_and_claims_nothing(host_a: Host, kwargs, message):
+    with pytest.raises(BadRequest, match=message.replace("(", r"\(")):
+        pool(host_a, **kwargs)
+    assert host_a.store.list_pools() == []
+
+
+def test_address_request_needs_a_key_and_a_known_pool(host_a: Host):
+    pool_id = pool(host_a, "10.30.0.0/24")["PoolID"]
+    with pytest.raises(BadRequest, match="needs a MAC address"):
+        address(host_a, pool_id)
+    with pytest.raises(NotFound, match="10.99.0.0/24"):
+        address(host_a, "10.99.0.0/24", "02:00:00:00:00:01")
+    assert host_a.store.list_addresses(pool_id) == {}
