@@ -32,6 +32,9 @@ _GRPC_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1_000),
+    # An operator's view of every endpoint (pyoverlay hosts, forget-host) outgrows gRPC's 4 MiB default
+    # at about 8,000 endpoints; a host's own scopes stay far below it.
+    ("grpc.max_receive_message_length", 256 * 2**20),
 ]
 
 
