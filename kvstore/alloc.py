@@ -1,4 +1,4 @@
-"""Allocation arithmetic shared by both stores: parsing, overlap checks, subnet carving, address and VNI
+"""Allocation arithmetic of the cluster policy: parsing, overlap checks, subnet carving, address and VNI
 picking. Pure functions, no I/O. Messages reach users through Docker, so they name what was asked.
 """
 

@@ -145,7 +145,7 @@ def cgroup_pids(parent: str) -> set[int]:
     """Every process in the cgroup subtree ``parent``, in any hierarchy."""
     pids: set[int] = set()
     for top in cgroup_dirs(parent):
-        for procs in top.rglob("cgroup.procs"):
+        for procs in (d / "cgroup.procs" for d in _subtree(top)):
             try:
                 pids.update(int(x) for x in procs.read_text().split())
             except OSError:
@@ -153,12 +153,18 @@ def cgroup_pids(parent: str) -> set[int]:
     return pids
 
 
+def _subtree(top: Path) -> list[Path]:
+    """Every directory under ``top`` and ``top`` itself, deepest first. A cgroup the kernel removes
+    while it is listed (a container exiting) is skipped, not an error: os.walk ignores it."""
+    return [Path(d) for d, _, _ in os.walk(top, topdown=False)]
+
+
 def remove_cgroups(parent: str, timeout: float = 5) -> None:
     """Kill what is left in the cgroup subtree, then rmdir it bottom-up in every hierarchy."""
     signal_pids(cgroup_pids(parent), signal.SIGKILL)
     deadline = time.monotonic() + timeout
     for top in cgroup_dirs(parent):
-        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
+        for d in _subtree(top):
             while True:
                 try:
                     d.rmdir()
