@@ -151,6 +151,18 @@ class Store(NetworkPolicy):
         return sorted((Endpoint.from_json(load(i)) for i in items), key=lambda e: e.endpoint_id), revision
 
     # -- forgetting a dead host --------------------------------------------------------------------
+    def knows_host(self, host_id: str) -> bool:
+        """Whether the store holds anything of the host that forget_host removes: its registration,
+        endpoints, bindings, pool holds or "left" marks. False after forget_host."""
+        [registration] = self._kv.get(HOSTS + segment(host_id, "host id"))
+        return (
+            registration is not None
+            or bool(self.bindings(host_id))
+            or bool(self.left_networks(host_id))
+            or any(host_id in pool.holders for pool in self.list_pools())
+            or any(e.host_id == host_id for e in self.list_endpoints())
+        )
+
     def forget_host(self, host_id: str) -> int:
         """Remove what a host an operator declared dead left behind, and return how many endpoints
         that was. Every endpoint of the host is deleted and its address freed (the one its MAC owns

@@ -1,4 +1,5 @@
-"""The ``pyoverlay`` command: ``serve`` runs the agent; ``hosts`` and ``forget-host`` are for operators."""
+"""The ``pyoverlay`` command: ``serve`` runs the agent and ``stop`` stops it; ``hosts`` and
+``forget-host`` are for operators."""
 
 from __future__ import annotations
 
@@ -6,20 +7,47 @@ import argparse
 import logging
 import sys
 from collections import Counter
+from importlib import metadata
+from pathlib import Path
 
+from . import pidfile
 from . import settings as settings_mod
+
+STOP_TIMEOUT = 15.0  # seconds; gunicorn gives its worker 5 s to finish, then kills it
+
+
+def version() -> str:
+    """The installed package's version, else the source checkout's pyproject.toml's."""
+    try:
+        return metadata.version("pyoverlay")
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        try:
+            with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+                return tomllib.load(f)["project"]["version"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyoverlay", description="Docker overlay network plugin")
+    parser.add_argument("--version", action="version", version=f"pyoverlay {version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the agent: the plugin API on a unix socket")
+    settings_mod.add_arguments(serve)
+    stop = sub.add_parser("stop", help="stop the agent running on this state directory")
+    settings_mod.add_arguments(stop, ["state_dir"])
+    hosts = sub.add_parser("hosts", help="list hosts: alive or not, and their endpoints")
+    settings_mod.add_arguments(hosts, settings_mod.STORE_SETTINGS)
+    forget = sub.add_parser("forget-host", help="remove a dead host's endpoints, addresses and bindings")
+    forget.add_argument("host_id")
+    settings_mod.add_arguments(forget, settings_mod.STORE_SETTINGS)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pyoverlay", description="Docker overlay network plugin")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the agent: the plugin API on a unix socket")
-    hosts = sub.add_parser("hosts", help="list hosts: alive or not, and their endpoints")
-    forget = sub.add_parser("forget-host", help="remove a dead host's endpoints, addresses and bindings")
-    forget.add_argument("host_id")
-    for command in (serve, hosts, forget):
-        settings_mod.add_arguments(command)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     settings = settings_mod.load(args)
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -32,7 +60,33 @@ def main(argv: list[str] | None = None) -> int:
 
         run(settings)
         return 0
+    if args.command == "stop":
+        return _stop(settings.state_dir)
     return _operate(args, settings)
+
+
+def _stop(state_dir: str) -> int:
+    try:
+        pid = pidfile.running_agent(state_dir)
+        took = pidfile.stop(pid, STOP_TIMEOUT)
+    except pidfile.NoAgent as exc:
+        print(f"pyoverlay: {exc}", file=sys.stderr)
+        return 1
+    except ProcessLookupError:
+        print(f"the pyoverlay agent on {state_dir} had exited already")
+        return 0
+    except PermissionError as exc:
+        print(f"pyoverlay: {exc}: run as the agent's user (root)", file=sys.stderr)
+        return 1
+    if took is None:
+        print(
+            f"pyoverlay: sent SIGTERM to the agent (pid {pid}), still running after {STOP_TIMEOUT:.0f} s; "
+            f"`kill -KILL {pid}` ends it at once",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"stopped the pyoverlay agent (pid {pid}) on {state_dir}: SIGTERM, exited after {took:.1f} s")
+    return 0
 
 
 def _operate(args: argparse.Namespace, settings: settings_mod.Settings) -> int:
@@ -57,6 +111,12 @@ def _operate(args: argparse.Namespace, settings: settings_mod.Settings) -> int:
         else:
             if any(h.host_id == args.host_id for h in store.list_hosts()):
                 print(f"pyoverlay: host {args.host_id} is alive; stop its agent first", file=sys.stderr)
+                return 1
+            if not store.knows_host(args.host_id):
+                print(
+                    f"pyoverlay: no host {args.host_id} in the store (pyoverlay hosts lists them)",
+                    file=sys.stderr,
+                )
                 return 1
             removed = store.forget_host(args.host_id)
             print(f"forgot host {args.host_id}: {removed} endpoint(s) removed")

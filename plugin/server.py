@@ -8,6 +8,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from . import pidfile
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,4 +60,8 @@ class AgentServer(BaseApplication):
 
 
 def serve(settings: Settings) -> None:
-    AgentServer(settings).run()
+    pid_file = pidfile.claim(settings.state_dir)  # the master's pid: `pyoverlay stop` signals it
+    try:
+        AgentServer(settings).run()
+    finally:
+        pidfile.release(pid_file)  # the forked worker's exit comes through here too: release checks the pid

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
 
@@ -36,7 +36,7 @@ class Settings:
 _HELP = {
     "socket": "unix socket Docker talks to",
     "etcd_endpoints": "comma-separated etcd URLs; empty uses the embedded single-host store",
-    "state_dir": "where the host id and the embedded store live",
+    "state_dir": "where the host id, the embedded store and the agent's PID file live",
     "advertise_addr": "underlay IPv4 address for VXLAN (default: the default-route interface's)",
     "log_level": "debug, info, warning or error",
     "default_pool": "range that subnets are carved from when a network names none",
@@ -56,9 +56,17 @@ def _env_name(name: str) -> str:
     return name.upper()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting; defaults come from the environment, then from Settings."""
+# What the operator commands (hosts, forget-host) use: the store, and how much to log.
+STORE_SETTINGS = ("etcd_endpoints", "etcd_ca_cert", "etcd_cert", "etcd_key", "state_dir", "log_level")
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:
+    """One flag per setting (or per setting in ``names``); defaults come from the environment, then from
+    Settings. A setting without a flag is still read from the environment by load()."""
+    wanted = None if names is None else set(names)
     for f in fields(Settings):
+        if wanted is not None and f.name not in wanted:
+            continue
         flag = "--" + f.name.replace("_", "-")
         parser.add_argument(
             flag, dest=f.name, default=None, help=f"{_HELP[f.name]} (env {_env_name(f.name)})"

@@ -33,3 +33,5 @@ docker exec demo-box1 ping -c 3 demo-box2
 echo
 echo "pyoverlay is running. Try: docker run --rm -it --network demo $image sh"
 echo "Clean up the demo: docker rm -f demo-box1 demo-box2 && docker network rm demo"
+echo "Stop the agent (as root): $PWD/.venv/bin/pyoverlay stop"
+echo "Start it again (as root): nohup $PWD/.venv/bin/pyoverlay serve >>/var/log/pyoverlay.log 2>&1 &"
