@@ -194,6 +194,11 @@ class IpamPolicy:
                 held = load(owner_kv)["address"]
                 if wanted is None or wanted == held:
                     return held
+                if owner == GATEWAY_OWNER:
+                    raise Conflict(
+                        f"pool {pool_id} already has gateway {held}, not {wanted}: "
+                        f"use --gateway {held}, or leave --gateway out"
+                    )
                 raise Conflict(f"{owner} already holds address {held} in pool {pool_id}, not {wanted}")
             if wanted is not None:
                 candidate = str(alloc.check_requested_address(pool.subnet, wanted))
@@ -232,6 +237,11 @@ class IpamPolicy:
                 return RETRY
             [held_by] = self._kv.get(address_key)
             holder = load(held_by).get("owner") if held_by else None
+            if wanted is not None and holder == GATEWAY_OWNER:
+                raise Conflict(
+                    f"address {wanted} is the gateway of pool {pool_id}: it cannot be given to a container; "
+                    "choose another address"
+                )
             if wanted is not None and holder not in (None, owner):
                 raise Conflict(f"address {wanted} is already in use in pool {pool_id}")
             return RETRY

@@ -89,8 +89,8 @@ class NetworkPolicy(IpamPolicy):
         [mine] = self._kv.get(host_key)
         if mine is not None and load(mine)["docker_network_id"] != docker_network_id:
             raise Conflict(
-                f"host {host_id} already binds Docker network {load(mine)['docker_network_id']} "
-                f"to network {network.name or network.network_id}"
+                f"host {host_id} already binds Docker network {load(mine)['docker_network_id'][:12]} "
+                f"to network {network.name or network.network_id[:12]}"
             )
         this_binding = binding_key(host_id, docker_network_id)
         done = self._txn(

@@ -15,6 +15,15 @@ MTU_OPTION = "com.docker.network.driver.mtu"
 MAC_OPTION = "com.docker.network.endpoint.macaddress"
 REQUEST_TYPE_OPTION = "RequestAddressType"
 GATEWAY_TYPE = "com.docker.network.gateway"
+ENCRYPTED_OPTION = "encrypted"  # Docker's overlay takes `-o encrypted`: users will try it here
+IPV4_OPTION = "com.docker.network.enable_ipv4"
+IPV6_OPTION = "com.docker.network.enable_ipv6"
+KNOWN_OPTIONS = (MTU_OPTION,)
+# libnetwork's own keys: Docker >= 27 acts on `-o` of these itself and leaves them in the generic map
+DOCKER_OPTIONS = (IPV4_OPTION, IPV6_OPTION)
+# RFC 1122 3.3.2: every IPv4 host accepts 576-byte datagrams; below that (68 is the hard floor) every
+# ordinary datagram fragments, and the value is a typo (mtu=140 for 1400) rather than a setup
+MIN_MTU = 576
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _ID = re.compile(r"^[0-9A-Za-z_.-]{1,128}$")
@@ -49,6 +58,54 @@ def _str_map(value: Any, what: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise BadRequest(f"{what} must be an object, got {type(value).__name__}")
     return {str(k): v if isinstance(v, str) else str(v) for k, v in value.items()}
+
+
+def _docker_bool(generic: dict[str, str], key: str) -> bool | None:
+    """A boolean driver option as Docker's strconv.ParseBool reads it; None when absent."""
+    if key not in generic:
+        return None
+    value = generic[key]
+    if value in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if value in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise BadRequest(f"-o {key}={value}: the value must be true or false")
+
+
+def _check_driver_options(generic: dict[str, str]) -> int | None:
+    """Refuse what pyoverlay cannot honour rather than ignore it; return the MTU option, if given."""
+    if ENCRYPTED_OPTION in generic:
+        raise BadRequest(
+            "pyoverlay does not encrypt yet: traffic between hosts would cross the underlay in clear. "
+            f"Create the network without -o {ENCRYPTED_OPTION}, and only if you trust the underlay network"
+        )
+    unknown = sorted(set(generic) - set(KNOWN_OPTIONS) - set(DOCKER_OPTIONS))
+    if unknown:
+        options = ", ".join(f"-o {key}" for key in unknown)
+        known = ", ".join(f"-o {key}=N" for key in KNOWN_OPTIONS)
+        raise BadRequest(
+            f"pyoverlay does not know the driver option{'s' if len(unknown) > 1 else ''} {options}; "
+            f"the driver options it knows: {known}"
+        )
+    if _docker_bool(generic, IPV4_OPTION) is False:
+        raise BadRequest(
+            f"pyoverlay networks are IPv4 networks; remove -o {IPV4_OPTION}={generic[IPV4_OPTION]}"
+        )
+    if MTU_OPTION not in generic:
+        return None
+    value = generic[MTU_OPTION]
+    try:
+        mtu = int(value)
+    except ValueError:
+        raise BadRequest(
+            f"-o {MTU_OPTION}={value}: the MTU must be a whole number of bytes, e.g. -o {MTU_OPTION}=1400"
+        ) from None
+    if mtu < MIN_MTU:
+        raise BadRequest(
+            f"-o {MTU_OPTION}={mtu} is too small: pyoverlay takes {MIN_MTU} bytes or more (the datagram "
+            "size every IPv4 host must accept); leave the option out to get the most the underlay allows"
+        )
+    return mtu
 
 
 def parse_mac(value: str, what: str = "MAC address") -> str:
@@ -90,16 +147,7 @@ class CreateNetworkRequest:
     def parse(cls, body: dict[str, Any]) -> CreateNetworkRequest:
         options = _get(body, "Options", dict, {})
         generic = _str_map(options.get(GENERIC_OPTIONS), "Options." + GENERIC_OPTIONS)
-        mtu = None
-        if MTU_OPTION in generic:
-            try:
-                mtu = int(generic[MTU_OPTION])
-            except ValueError:
-                raise BadRequest(
-                    f"option {MTU_OPTION} must be an integer, got {generic[MTU_OPTION]!r}"
-                ) from None
-            if not 68 <= mtu <= 65535:
-                raise BadRequest(f"option {MTU_OPTION}={mtu} is outside 68..65535")
+        mtu = _check_driver_options(generic)
         ipv4 = []
         for item in _get(body, "IPv4Data", list, []):
             if not isinstance(item, dict):
@@ -123,7 +171,10 @@ class CreateNetworkRequest:
         return cls(
             docker_network_id=_ident(body, "NetworkID"),
             ipv4=ipv4,
-            ipv6_requested=bool(ipv6) or options.get("com.docker.network.enable_ipv6") is True,
+            # Docker 20.10 leaves `-o com.docker.network.enable_ipv6=true` to the driver
+            ipv6_requested=bool(ipv6)
+            or options.get(IPV6_OPTION) is True
+            or bool(_docker_bool(generic, IPV6_OPTION)),
             generic=generic,
             mtu=mtu,
         )

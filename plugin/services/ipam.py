@@ -51,12 +51,14 @@ class IpamService:
         # would drop this host's hold on a pool its first network still uses.
         for docker_id, network_id in self.store.bindings(self.host_id).items():
             try:
-                pool_id = self.store.get_network(network_id).pool_id
+                network = self.store.get_network(network_id)
             except NotFound:
                 continue
-            if pool_id == subnet:
+            if network.pool_id == subnet:
+                name = network.name or docker_id[:12]  # the name is learned shortly after creation
                 raise ConflictError(
-                    f"subnet {subnet} is already used by network {docker_id[:12]} on this host"
+                    f"subnet {subnet} is already used by network {name} on this host; "
+                    f"use network {name}, or give the new network another --subnet"
                 )
 
     def release_pool(self, pool_id: str) -> None:

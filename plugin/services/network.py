@@ -13,7 +13,7 @@ from driver import Dataplane, DataplaneError
 from kvstore import Endpoint, Network, NotFound, Store
 
 from ..errors import BadRequest, UnknownObject
-from ..messages import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest
+from ..messages import MTU_OPTION, CreateEndpointRequest, CreateNetworkRequest, EndpointRequest
 from .ipam import ADDRESS_SPACE
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,12 @@ class NetworkService:
     def capabilities(self) -> dict[str, str]:
         return {"Scope": "local", "ConnectivityScope": "global"}
 
+    def max_mtu(self) -> int:
+        return self.underlay_mtu - VXLAN_OVERHEAD
+
     def mtu_for(self, network: Network) -> int:
-        mtu = self.underlay_mtu - VXLAN_OVERHEAD
-        return min(mtu, network.mtu) if network.mtu else mtu
+        # capped, not refused: a network made on a host with a larger underlay still works here
+        return min(self.max_mtu(), network.mtu) if network.mtu else self.max_mtu()
 
     # -- networks -----------------------------------------------------------------------------------
 
@@ -58,6 +61,8 @@ class NetworkService:
                 "with the etcd store pyoverlay networks need pyoverlay's IPAM, which keeps addresses "
                 f"unique across hosts; use: {fix_command()}"
             )
+        if req.mtu and req.mtu > self.max_mtu():
+            self._check_mtu(req.mtu, data.pool if owned else None)
         pool = self.store.get_pool(data.pool) if owned else None
         wanted = Network(
             network_id=req.docker_network_id,  # the creating host's Docker id becomes the cluster id
@@ -85,6 +90,27 @@ class NetworkService:
                 self.store.unbind(self.host_id, req.docker_network_id)
             raise
         self.on_change(network.network_id)
+
+    def _check_mtu(self, mtu: int, pool_id: str | None) -> None:
+        """Refuse an MTU the underlay cannot carry, unless the network exists already (made on a host
+        with a larger underlay, or this request resent): then it is capped here."""
+        made = None
+        if pool_id:
+            made = next((n for n in self.store.list_networks() if n.pool_id == pool_id), None)
+        if made is None:
+            raise BadRequest(
+                f"-o {MTU_OPTION}={mtu} is more than this host's underlay carries: containers can have "
+                f"at most {self.max_mtu()} (underlay MTU {self.underlay_mtu} - {VXLAN_OVERHEAD} bytes of "
+                f"VXLAN headers). Use -o {MTU_OPTION}={self.max_mtu()} or less, leave the option out to "
+                f"get {self.max_mtu()}, or raise the underlay's MTU"
+            )
+        log.warning(
+            "network %s asks for MTU %d; this host's underlay (MTU %d) allows %d: capped",
+            made.name or made.network_id[:12],
+            mtu,
+            self.underlay_mtu,
+            self.max_mtu(),
+        )
 
     def _undo_create(self, docker_network_id: str, network: Network) -> None:
         try:
@@ -114,7 +140,7 @@ class NetworkService:
             if hosts:
                 log.warning(
                     "network %s still has endpoints on hosts %s: removed from this host only",
-                    network.name or network.network_id[:12],
+                    network.name or docker_network_id[:12],
                     ", ".join(hosts),
                 )
         self.dataplane.delete_network(network.vni)
@@ -134,10 +160,11 @@ class NetworkService:
         network = self.network(req.docker_network_id)
         if req.ipv6_address:
             raise BadRequest("pyoverlay supports IPv4 only")
+        name = network.name or req.docker_network_id[:12]
         if network.pool_id and req.address is None:
-            raise BadRequest(f"endpoint {req.endpoint_id[:12]} has no IPv4 address")
+            raise BadRequest(f"endpoint {req.endpoint_id[:12]} on network {name} has no IPv4 address")
         if req.address and network.subnet and req.address.network.with_prefixlen != network.subnet:
-            raise BadRequest(f"address {req.address} is not in the network's subnet {network.subnet}")
+            raise BadRequest(f"address {req.address} is not in network {name}'s subnet {network.subnet}")
         mac = req.mac or mac_for(req.endpoint_id)
         endpoint = Endpoint(
             endpoint_id=req.endpoint_id,
@@ -181,9 +208,11 @@ class NetworkService:
             endpoint = self.store.get_endpoint(req.endpoint_id)
         except NotFound:
             raise UnknownObject(f"endpoint {req.endpoint_id[:12]} is not known to pyoverlay") from None
-        if endpoint.network_id != self.network(req.docker_network_id).network_id:
+        network = self.network(req.docker_network_id)
+        if endpoint.network_id != network.network_id:
             raise UnknownObject(
-                f"endpoint {req.endpoint_id[:12]} is not on Docker network {req.docker_network_id[:12]}"
+                f"endpoint {req.endpoint_id[:12]} is not on network "
+                f"{network.name or req.docker_network_id[:12]}"
             )
         return endpoint
 

@@ -171,6 +171,16 @@ BAD_REQUESTS = [
         b'{"NetworkID": "nope", "EndpointID": "e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1"}',
         "not known",
     ),
+    (
+        "NetworkDriver.CreateNetwork",
+        b'{"NetworkID": "n1", "Options": {"com.docker.network.generic": {"encrypted": ""}}}',
+        "pyoverlay does not encrypt yet: traffic between hosts would cross the underlay in clear",
+    ),
+    (
+        "NetworkDriver.CreateNetwork",
+        b'{"NetworkID": "n1", "Options": {"com.docker.network.generic": {"vxlan_id": "7"}}}',
+        "driver option -o vxlan_id; the driver options it knows: -o com.docker.network.driver.mtu=N",
+    ),
     ("IpamDriver.RequestPool", b'{"AddressSpace": "pyoverlay", "Pool": "10.1.0.0/40"}', "not a subnet"),
     ("IpamDriver.RequestPool", b'{"AddressSpace": "pyoverlay", "Pool": "10.1.0.7/24"}', "host bits"),
     (
@@ -218,6 +228,37 @@ def test_pool_conflicts_exhaustion_and_addresses_outside(agent):
     )
     assert status == 409 and "10.30.0.2" in answer["Error"]
     c.ok("IpamDriver.ReleaseAddress", {"PoolID": pool, "Address": "10.30.0.2"})
+    c.ok("IpamDriver.ReleaseAddress", {"PoolID": pool, "Address": "10.30.0.1"})
+    c.ok("IpamDriver.ReleasePool", {"PoolID": pool})
+    assert_nothing_left(agent)
+
+
+def test_refusals_name_the_numbers_and_the_gateway(agent):
+    c = agent.client
+    pool = c.ok("IpamDriver.RequestPool", {"AddressSpace": "pyoverlay", "Pool": "10.30.0.0/24"})["PoolID"]
+    gateway = c.ok("IpamDriver.RequestAddress", {"PoolID": pool, "Options": GATEWAY})["Address"]
+    body = {
+        "NetworkID": new_id(),
+        "Options": {"com.docker.network.generic": {"com.docker.network.driver.mtu": "9000"}},
+        "IPv4Data": [{"AddressSpace": "pyoverlay", "Pool": pool, "Gateway": gateway}],
+    }
+    status, answer = c.call("NetworkDriver.CreateNetwork", body)
+    assert status == 400, answer
+    assert answer["Err"].startswith(
+        "-o com.docker.network.driver.mtu=9000 is more than this host's underlay carries: containers can "
+        "have at most 1450 (underlay MTU 1500 - 50 bytes of VXLAN headers)"
+    ), answer
+    ip_of_gateway = {"PoolID": pool, "Address": "10.30.0.1", "Options": {MAC_OPTION: "02:00:00:00:00:01"}}
+    status, answer = c.call("IpamDriver.RequestAddress", ip_of_gateway)  # docker run --ip 10.30.0.1
+    assert status == 409, answer
+    assert (
+        answer["Error"]
+        == answer["Err"]
+        == (
+            "address 10.30.0.1 is the gateway of pool 10.30.0.0/24: it cannot be given to a container; "
+            "choose another address"
+        )
+    )
     c.ok("IpamDriver.ReleaseAddress", {"PoolID": pool, "Address": "10.30.0.1"})
     c.ok("IpamDriver.ReleasePool", {"PoolID": pool})
     assert_nothing_left(agent)

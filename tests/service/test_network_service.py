@@ -193,7 +193,7 @@ def test_same_endpoint_id_with_other_settings_is_refused(host_a: Host):
 @pytest.mark.parametrize(
     "docker_id, address, error, message",
     [
-        ("mine", "10.99.0.5/24", BadRequest, "not in the network's subnet 10.30.0.0/24"),
+        ("mine", "10.99.0.5/24", BadRequest, "not in network [0-9a-f]{12}'s subnet 10.30.0.0/24"),
         ("mine", "", BadRequest, "has no IPv4 address"),
         ("unknown", "10.30.0.5/24", UnknownObject, "not a pyoverlay network"),
     ],

@@ -10,14 +10,17 @@ def test_create_network_parses_docker_body():
             "NetworkID": "a" * 64,
             "Options": {
                 "com.docker.network.enable_ipv6": False,
-                "com.docker.network.generic": {"com.docker.network.driver.mtu": "1400", "x": 1},
+                "com.docker.network.generic": {
+                    "com.docker.network.driver.mtu": "1400",
+                    "com.docker.network.enable_ipv6": False,  # Docker sends strings; others are read as str
+                },
             },
             "IPv4Data": [{"AddressSpace": "pyoverlay", "Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}],
             "IPv6Data": [],
         }
     )
     assert req.mtu == 1400
-    assert req.generic["x"] == "1"
+    assert req.generic["com.docker.network.enable_ipv6"] == "False"
     assert req.ipv4[0].pool == "10.1.0.0/24" and req.ipv4[0].gateway == "10.1.0.1/24"
     assert not req.ipv6_requested
 
@@ -36,14 +39,14 @@ def test_create_network_parses_docker_body():
                 "NetworkID": "n",
                 "Options": {"com.docker.network.generic": {"com.docker.network.driver.mtu": "x"}},
             },
-            "must be an integer",
+            "must be a whole number",
         ),
         (
             {
                 "NetworkID": "n",
                 "Options": {"com.docker.network.generic": {"com.docker.network.driver.mtu": "9"}},
             },
-            "outside",
+            "too small",
         ),
     ],
 )
