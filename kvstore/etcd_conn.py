@@ -28,10 +28,10 @@ _GRPC_OPTIONS = [
     # Notice a silently dead peer on a long watch (etcd allows pings every 5 s or more).
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
-    # Be back within a second of etcd returning; the default backoff grows to two minutes.
+    # Be back within half a second of etcd returning; the default backoff grows to two minutes.
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.max_reconnect_backoff_ms", 500),
     # An operator's view of every endpoint (pyoverlay hosts, forget-host) outgrows gRPC's 4 MiB default
     # at about 8,000 endpoints; a host's own scopes stay far below it.
     ("grpc.max_receive_message_length", 256 * 2**20),

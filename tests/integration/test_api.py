@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 
 import pytest
@@ -304,6 +305,15 @@ def test_restart_adopts_devices_and_keeps_state(agent):
     assert_nothing_left(agent)
 
 
+def wait_for_store(client, within: float = 10.0) -> None:
+    """etcd is back: the agent's channel reconnects after its backoff (at most 0.5 s). Until then a call
+    fails at once with 503, as Docker would see it."""
+    deadline = time.monotonic() + within
+    while client.call("IpamDriver.ReleasePool", {"PoolID": "192.0.2.0/24"})[0] != 200:  # reads the store
+        assert time.monotonic() < deadline, "the agent did not reach etcd again"
+        time.sleep(0.05)
+
+
 def test_store_unreachable_fails_cleanly_then_recovers(netns_host, etcd_server, tmp_path):
     from tests.etcd_server import EtcdServer
 
@@ -333,6 +343,7 @@ def test_store_unreachable_fails_cleanly_then_recovers(netns_host, etcd_server, 
             assert status == 503, answer
             assert "etcd" in answer.get("Err", "") and "unreachable" in answer["Err"], answer
         etcd.start()
+        wait_for_store(c)
         network_id, pool_id, gateway = create_network(c)
         etcd.kill()
         status, answer = c.call(
@@ -341,6 +352,7 @@ def test_store_unreachable_fails_cleanly_then_recovers(netns_host, etcd_server, 
         )
         assert status == 503, answer
         etcd.start()
+        wait_for_store(c)
         assert not [n for n in agent.host.links() if n.startswith("poh")]  # no half-made endpoint
         remove_network(c, network_id, pool_id, gateway)
         assert_nothing_left(agent)
