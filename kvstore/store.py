@@ -180,9 +180,7 @@ class Store(NetworkPolicy):
             if host_id in pool.holders:
                 self.release_pool(host_id, pool.pool_id)
         marks = [left_prefix(network_id) + host_id for network_id in self.left_networks(host_id)]
-        [registration] = self._kv.get(HOSTS + host_id)
-        if marks or registration is not None:
-            self._kv.txn([], [*(Delete(key) for key in marks), Delete(HOSTS + host_id)])
+        self._kv.txn([], [*(Delete(key) for key in marks), Delete(HOSTS + host_id)])
         return removed
 
     def _forget_endpoint(self, endpoint: Endpoint) -> bool:

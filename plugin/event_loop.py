@@ -39,7 +39,8 @@ def remote_peers(host_id: str, endpoints: dict[str, Endpoint]) -> list[Peer]:
 
 @dataclass(frozen=True)
 class View:
-    """What the loop knows, for other threads (Docker sync): copies, consistent with each other."""
+    """What the loop knows, copied for other threads: Docker sync reads this host's endpoints from it
+    (networks and bindings it reads from the store, in one consistent read)."""
 
     networks: dict[str, Network] = field(default_factory=dict)  # network_id -> Network, every network
     bindings: dict[str, str] = field(default_factory=dict)  # docker_network_id -> network_id, this host
@@ -76,9 +77,6 @@ class EventLoop:
     def kick(self, network_id: str = "") -> None:
         """A handler or Docker sync changed a network on this host: check its devices and peers."""
         self.queue.put(("kick", network_id, None))
-
-    def resync(self) -> None:
-        self.queue.put(("resync", None, None))
 
     def view(self) -> View:
         with self._view_lock:
