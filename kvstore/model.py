@@ -92,13 +92,14 @@ class Endpoint:
     mac: str
     address: str | None = None  # IPv4 in CIDR form (10.0.0.5/24)
     container_name: str = ""  # learned from the local daemon after Join
+    aliases: tuple[str, ...] = ()  # the container's other names on this network (--network-alias, …)
 
     def to_json(self) -> dict[str, Any]:
-        return {"v": SCHEMA_VERSION, **asdict(self)}
+        return {"v": SCHEMA_VERSION, **asdict(self), "aliases": list(self.aliases)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Endpoint:
-        return _record(cls, data)
+        return _record(cls, {**data, "aliases": tuple(data.get("aliases", ()))})
 
 
 @dataclass(frozen=True)

@@ -119,19 +119,22 @@ class Store(NetworkPolicy):
 
         self._retry("deleting an endpoint", attempt)
 
-    def set_endpoint_name(self, endpoint_id: str, name: str) -> None:
-        """Set the container_name of an existing endpoint, changing nothing else, atomically: a put
-        event follows. Unknown endpoint (or one deleted meanwhile: the delete wins) or the same name:
-        no-op, never a write."""
+    def set_endpoint_name(self, endpoint_id: str, name: str, aliases: tuple[str, ...] = ()) -> None:
+        """Set the container_name and aliases of an existing endpoint, changing nothing else, atomically:
+        a put event follows. Unknown endpoint (or one deleted meanwhile: the delete wins) or the same
+        names: no-op, never a write."""
 
         def attempt(_: int) -> None:
             index_key, index, key = self._locate_endpoint(endpoint_id)
             if key is None:
                 return None
             [current] = self._kv.get(key)
-            if current is None or load(current).get("container_name") == name:
+            if current is None:
                 return None
-            renamed = replace(Endpoint.from_json(load(current)), container_name=name)
+            endpoint = Endpoint.from_json(load(current))
+            if (endpoint.container_name, endpoint.aliases) == (name, tuple(aliases)):
+                return None
+            renamed = replace(endpoint, container_name=name, aliases=tuple(aliases))
             # A delete (or a move to another network) in between fails the compare: never resurrect.
             compares = [unchanged(index_key, index), unchanged(key, current)]
             return self._txn(compares, [Put(key, dump(renamed))])

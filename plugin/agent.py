@@ -9,10 +9,12 @@ import threading
 import uuid
 from pathlib import Path
 
-from driver import Dataplane
+from driver import Dataplane, DataplaneError
+from driver.service_address import ensure_service_address
 from driver.underlay import default_route_address, mtu_for_address
 from kvstore import Host, Network, Store, StoreError, open_store
 
+from .dns_server import DnsServer, Upstreams
 from .docker_sync import DockerSync
 from .event_loop import EventLoop
 from .services.ipam import IpamService
@@ -20,6 +22,8 @@ from .services.network import NetworkService
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+DNS_PORT = 53  # Docker's `dns` setting takes addresses only
 
 
 def load_host_id(state_dir: str) -> str:
@@ -75,6 +79,17 @@ class Agent:
             kick=self.loop.kick,
             driver_name=settings.driver_name,
         )
+        self.dns: DnsServer | None = None
+        if settings.dns_address:
+            upstreams = Upstreams(settings.dns_upstreams, settings.dns_address)
+            self.dns = DnsServer(
+                settings.dns_address,
+                DNS_PORT,
+                self.loop.names,
+                self.docker_sync.askers,
+                upstreams,
+                refresh=self.docker_sync.wake,
+            )
         self.loop.on_network_event = self.docker_sync.wake
         self.network.on_change = self._network_changed
         self._stop = threading.Event()
@@ -103,10 +118,23 @@ class Agent:
             ("docker-sync", self.docker_sync.run),
             ("heartbeat", self._heartbeat),
         )
+        if self.dns is not None and self._start_dns(self.dns):
+            loops += (("dns", self.dns.run),)
         for name, target in loops:
             thread = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _start_dns(self, dns: DnsServer) -> bool:
+        """Listen on the service address; without it containers still resolve their own host's names."""
+        try:
+            ensure_service_address(dns.address)
+            dns.bind()
+        except (DataplaneError, OSError) as exc:
+            log.error("name service on %s:%d not started: %s", dns.address, dns.port, exc)
+            return False
+        log.info("name service on %s:%d", dns.address, dns.port)
+        return True
 
     def _heartbeat(self, stop: threading.Event) -> None:
         host = Host(host_id=self.host_id, address=self.vtep, hostname=socket.gethostname())
@@ -120,6 +148,8 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
         self.docker_sync.wake()  # its loop sleeps on the wake event
+        if self.dns is not None:
+            self.dns.close()  # wakes its blocked threads
         for thread in self._threads:
             thread.join(timeout=5)
         self.store.close()

@@ -1,9 +1,10 @@
 """The ``pyoverlay`` command: ``serve`` runs the agent and ``stop`` stops it; ``hosts`` and
-``forget-host`` are for operators."""
+``forget-host`` are for operators; ``daemon-config`` prints the daemon setting names need."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections import Counter
@@ -43,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     forget = sub.add_parser("forget-host", help="remove a dead host's endpoints, addresses and bindings")
     forget.add_argument("host_id")
     settings_mod.add_arguments(forget, settings_mod.STORE_SETTINGS)
+    daemon = sub.add_parser(
+        "daemon-config", help="print the daemon.json setting this host's dockerd needs (names across hosts)"
+    )
+    settings_mod.add_arguments(daemon, ["dns_address"])
     return parser
 
 
@@ -62,7 +67,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "stop":
         return _stop(settings.state_dir)
+    if args.command == "daemon-config":
+        print(json.dumps(daemon_config(settings), indent=2))
+        return 0
     return _operate(args, settings)
+
+
+def daemon_config(settings: settings_mod.Settings) -> dict[str, object]:
+    """The one daemon setting pyoverlay needs: Docker's embedded DNS forwards the names it does not know
+    to the daemon's `dns` servers, so naming the name service there makes other hosts' containers
+    resolvable. Nothing when the name service is off."""
+    return {"dns": [settings.dns_address]} if settings.dns_address else {}
 
 
 def _stop(state_dir: str) -> int:

@@ -2,7 +2,8 @@
 (a request handler that called the daemon would deadlock: the daemon is waiting on that handler).
 
 Each pass compares the daemon with the store and closes the gaps:
-- names: a network's name and an endpoint's container name are learned from the daemon and recorded;
+- names: a network's name and an endpoint's container name and aliases are learned from the daemon and
+  recorded; the addresses of every container here are handed to the name service (who is asking);
 - a cluster network with no binding here is created in this daemon (same name, subnet, range, gateway);
 - a network bound here whose cluster record is gone (removed on another host) is removed here too.
 Passes run on Docker events, on store network events, and every few seconds as a safety net. This host's
@@ -21,9 +22,11 @@ from typing import Any
 import docker
 from docker.types import IPAMConfig, IPAMPool
 
-from kvstore import Network, NotFound, Store, StoreError
+from kvstore import Endpoint, Network, NotFound, Store, StoreError
 
+from .containers import GATEWAY_BRIDGE, attached_endpoints, container_addresses
 from .event_loop import View
+from .names import Askers
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class DockerSync:
         view: Callable[[], View],
         kick: Callable[[str], None] = lambda network_id: None,
         driver_name: str = "",
+        askers: Askers | None = None,
     ) -> None:
         self.store = store
         self.host_id = host_id
@@ -50,6 +54,7 @@ class DockerSync:
         self._missing: dict[str, float] = {}  # bound Docker network id -> since when this daemon lacks it
         self.driver_name = driver_name  # "" = found out from the daemon (managed plugins carry a tag)
         self._wake = threading.Event()
+        self.askers = askers or Askers()  # filled for the name service on every pass
         self._client: docker.DockerClient | None = None
 
     def wake(self, *_: object) -> None:
@@ -120,7 +125,7 @@ class DockerSync:
                 )
                 continue
             self._create_local(client, driver, network)
-        self._learn_container_names(local, bindings, view)
+        self._learn_containers(client, local, view)
 
     def _sweep_bindings(self, bindings: dict[str, str], local: dict[str, Any]) -> None:
         """A binding whose network this daemon no longer has (its DeleteNetwork failed, e.g. with etcd
@@ -159,22 +164,34 @@ class DockerSync:
         except docker.errors.APIError as exc:
             log.warning("cannot remove network %s here: %s", local_network.name, exc.explanation or exc)
 
-    def _learn_container_names(self, local: dict[str, Any], bindings: dict[str, str], view: View) -> None:
-        names: dict[str, str] = {}  # endpoint id -> container name
-        for docker_id in bindings:
-            if docker_id not in local:
+    def _learn_containers(self, client: docker.DockerClient, local: dict[str, Any], view: View) -> None:
+        """Record the names and aliases of this host's endpoints, tell the name service which networks
+        each container asks from, and collect own endpoints no container holds any more."""
+        summaries = client.api.containers(all=True)
+        attached = attached_endpoints(summaries, set(local))
+        networks_of: dict[str, set[str]] = {}  # container id -> cluster networks
+        for endpoint_id, seen in attached.items():
+            endpoint = view.endpoints.get(endpoint_id) or self._own_endpoint(endpoint_id)
+            if endpoint is None:
                 continue
-            try:
-                local[docker_id].reload()
-            except docker.errors.NotFound:
-                continue  # removed since the listing
-            for container_info in (local[docker_id].attrs.get("Containers") or {}).values():
-                names[container_info.get("EndpointID", "")] = container_info.get("Name", "")
-        for endpoint_id, name in names.items():
-            endpoint = view.endpoints.get(endpoint_id)
-            if endpoint is not None and name and endpoint.container_name != name:
-                self.store.set_endpoint_name(endpoint_id, name)  # never resurrects a deleted endpoint
-        self._collect_own_garbage(set(names), view)
+            networks_of.setdefault(seen.container_id, set()).add(endpoint.network_id)
+            if seen.name and (endpoint.container_name, endpoint.aliases) != (seen.name, seen.aliases):
+                self.store.set_endpoint_name(endpoint_id, seen.name, seen.aliases)  # never resurrects
+        try:
+            gateway_bridge = client.api.inspect_network(GATEWAY_BRIDGE)
+        except docker.errors.NotFound:
+            gateway_bridge = None
+        addresses = container_addresses(summaries, gateway_bridge)
+        self.askers.replace({a: frozenset(networks_of.get(c, ())) for a, c in addresses.items()})
+        self._collect_own_garbage(set(attached), view)
+
+    def _own_endpoint(self, endpoint_id: str) -> Endpoint | None:
+        """An endpoint the event loop has not seen yet (created a moment ago), from the store."""
+        try:
+            endpoint = self.store.get_endpoint(endpoint_id)
+        except NotFound:
+            return None
+        return endpoint if endpoint.host_id == self.host_id else None
 
     def _collect_own_garbage(self, joined: set[str], view: View) -> None:
         """Endpoints of this host that lost both their veth and their container (the host rebooted, the

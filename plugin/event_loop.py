@@ -22,6 +22,8 @@ from driver import Dataplane, DataplaneError
 from driver.peers import Peer, desired_state, diff
 from kvstore import Endpoint, Event, Network, NotFound, Store, StoreError
 
+from .names import NameIndex
+
 log = logging.getLogger(__name__)
 
 NETWORKS, BINDINGS, ENDPOINTS = "networks", "bindings", "endpoints/"  # scopes; ENDPOINTS + network id
@@ -72,6 +74,7 @@ class EventLoop:
         self._broken: set[str] = set()  # scopes to list again
         self._retry_at, self._retry_delay = 0.0, RETRY_MIN
         self._view_lock = threading.Lock()
+        self.names = NameIndex()  # the name service's view of the networks bound here
 
     # -- inputs, from any thread --------------------------------------------------------------------
     def kick(self, network_id: str = "") -> None:
@@ -187,6 +190,7 @@ class EventLoop:
             endpoints, revision = self.store.endpoints_at(network_id)
             with self._view_lock:
                 self.endpoints[network_id] = {e.endpoint_id: e for e in endpoints}
+            self._index_names(network_id)
             self._watch(scope, lambda sink: self.store.watch_endpoints(network_id, revision + 1, sink))
             self.sync(network_id, ensure=True)
 
@@ -223,6 +227,7 @@ class EventLoop:
         self._broken.discard(ENDPOINTS + network_id)
         with self._view_lock:
             self.endpoints.pop(network_id, None)
+        self.names.drop(network_id)
         self.collect_devices()
 
     def _apply(self, scope: str, events: list[Event]) -> None:
@@ -251,10 +256,21 @@ class EventLoop:
                 self.on_network_event(event.key_id, self.networks.get(event.key_id))
                 if event.action == "delete" and event.key_id in self.endpoints:
                     self._leave(event.key_id)  # removed on another host: its devices go
+                elif event.key_id in self.endpoints:
+                    self._index_names(event.key_id)  # its name may have been learned
         elif scope == BINDINGS:
             self._follow_bindings()
         else:
+            self._index_names(scope[len(ENDPOINTS) :])
             self.sync(scope[len(ENDPOINTS) :])  # at once: convergence time is what users feel
+
+    def _index_names(self, network_id: str) -> None:
+        endpoints = self.endpoints.get(network_id)
+        if endpoints is None:
+            self.names.drop(network_id)
+            return
+        network = self.networks.get(network_id)
+        self.names.update(network_id, network.name if network else "", list(endpoints.values()))
 
     # -- the kernel ---------------------------------------------------------------------------------
     def collect_devices(self) -> None:

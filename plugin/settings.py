@@ -27,6 +27,8 @@ class Settings:
     host_ttl: int = 30  # seconds a host counts as alive in the store without a heartbeat
     resync_interval: int = 30  # seconds between checks of the kernel against the store (drift repair)
     driver_name: str = ""  # as `docker network create -d` names us; empty: found out from the daemon
+    dns_address: str = "169.254.53.53"  # where the name service listens (daemon.json "dns"); "" turns it off
+    dns_upstreams: tuple[str, ...] = ()  # where other names go; empty: the host's /etc/resolv.conf
 
     @property
     def embedded(self) -> bool:
@@ -49,6 +51,8 @@ _HELP = {
     "host_ttl": "seconds a host stays alive in the store without a heartbeat",
     "resync_interval": "seconds between checks that repair kernel entries changed by hand",
     "driver_name": "our driver name in Docker (default: the enabled pyoverlay plugin, else pyoverlay)",
+    "dns_address": "IPv4 address of the name service containers reach (empty: no name service)",
+    "dns_upstreams": "comma-separated resolvers (ADDRESS[:PORT]) for other names (default: /etc/resolv.conf)",
 }
 
 
@@ -91,6 +95,8 @@ def _validate(raw: dict[str, str]) -> Settings:
         value = value.strip()
         if key == "etcd_endpoints":
             values[key] = tuple(_endpoint(e) for e in value.split(",") if e.strip())
+        elif key == "dns_upstreams":
+            values[key] = tuple(_upstream(e) for e in value.split(",") if e.strip())
         elif key in ("default_pool_size", "vxlan_port", "workers_threads", "host_ttl", "resync_interval"):
             try:
                 values[key] = int(value)
@@ -106,10 +112,9 @@ def _validate(raw: dict[str, str]) -> Settings:
     if not pool.prefixlen <= settings.default_pool_size <= 30:
         raise SystemExit(f"pyoverlay: DEFAULT_POOL_SIZE must be between {pool.prefixlen} and 30")
     if settings.advertise_addr:
-        try:
-            ipaddress.IPv4Address(settings.advertise_addr)
-        except ValueError:
-            raise SystemExit(f"pyoverlay: ADVERTISE_ADDR {settings.advertise_addr!r} is not IPv4") from None
+        _address("advertise_addr", settings.advertise_addr)
+    if settings.dns_address:
+        _address("dns_address", settings.dns_address)
     if not 1 <= settings.vxlan_port <= 65535:
         raise SystemExit("pyoverlay: VXLAN_PORT must be between 1 and 65535")
     if settings.host_ttl < 3:
@@ -123,6 +128,20 @@ def _validate(raw: dict[str, str]) -> Settings:
             f"pyoverlay: LOG_LEVEL must be debug, info, warning or error, got {settings.log_level!r}"
         )
     return settings
+
+
+def _address(key: str, value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value.strip()))
+    except ValueError:
+        raise SystemExit(f"pyoverlay: {key.upper()} {value.strip()!r} is not an IPv4 address") from None
+
+
+def _upstream(value: str) -> str:
+    address, colon, port = value.strip().partition(":")
+    if colon and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise SystemExit(f"pyoverlay: DNS_UPSTREAMS: {value.strip()!r} is not ADDRESS[:PORT]")
+    return _address("dns_upstreams", address) + (f":{port}" if colon else "")
 
 
 def _endpoint(value: str) -> str:

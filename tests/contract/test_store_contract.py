@@ -234,6 +234,19 @@ def test_set_endpoint_name(store: Store) -> None:
     assert store.list_endpoints() == []
 
 
+def test_set_endpoint_name_with_aliases(store: Store) -> None:
+    net = network(store, "h1", "dockA")
+    store.put_endpoint(endpoint("e1", net.network_id, "h1"))
+    store.set_endpoint_name("e1", "web", ("www", "api"))
+    got = store.get_endpoint("e1")
+    assert (got.container_name, got.aliases) == ("web", ("www", "api"))
+    store.set_endpoint_name("e1", "web", ())  # an alias removed is a change too
+    assert store.get_endpoint("e1").aliases == ()
+    _, rev = store.endpoints_at(net.network_id)
+    store.set_endpoint_name("e1", "web", ())
+    assert store.endpoints_at(net.network_id)[1] == rev  # same names: no write
+
+
 # -- listing and scoped watches ---------------------------------------------------------------------
 def test_list_then_watch_each_scope(store: Store) -> None:
     net = network(store, "h1", "dockA")

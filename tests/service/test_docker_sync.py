@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import docker.errors
 import pytest
 
 import plugin.docker_sync
@@ -44,10 +45,41 @@ class FakeNetworks:
         return network
 
 
+class FakeApi:
+    """The low-level calls: the container list as GET /containers/json answers it, made from the
+    networks' Containers, and docker_gwbridge."""
+
+    def __init__(self, daemon: FakeDocker) -> None:
+        self.daemon = daemon
+        self.gateway_bridge: dict[str, Any] | None = None
+
+    def containers(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - the SDK's name
+        summaries: dict[str, dict[str, Any]] = {}
+        for network in self.daemon.items:
+            for container_id, info in network.attrs["Containers"].items():
+                summary = summaries.setdefault(
+                    container_id,
+                    {"Id": container_id, "Names": ["/" + info["Name"]], "NetworkSettings": {"Networks": {}}},
+                )
+                summary["NetworkSettings"]["Networks"][network.name] = {
+                    "NetworkID": network.id,
+                    "EndpointID": info["EndpointID"],
+                    "IPAddress": info.get("IPv4Address", "").split("/")[0],
+                    "Aliases": info.get("Aliases"),
+                }
+        return list(summaries.values())
+
+    def inspect_network(self, name: str) -> dict[str, Any]:
+        if name != "docker_gwbridge" or self.gateway_bridge is None:
+            raise docker.errors.NotFound(name)
+        return self.gateway_bridge
+
+
 class FakeDocker:
     """Only what DockerSync.sync_once uses of a docker SDK client."""
 
     def __init__(self) -> None:
+        self.api = FakeApi(self)
         self.items: list[FakeNetwork] = []
         self.created: list[dict[str, Any]] = []
         self.removed: list[str] = []
@@ -136,11 +168,35 @@ def test_network_and_container_names_are_learned(host_a: Host):
     mine = host_a.create_network("10.30.0.0/24")
     endpoint_id, _, _ = host_a.create_endpoint(mine)
     daemon_a = daemon_of(listed(host_a))
-    local = daemon_a.add(mine, "web", {"c0ffee": {"EndpointID": endpoint_id, "Name": "db"}})
+    info = {"EndpointID": endpoint_id, "Name": "db", "Aliases": ["sql", "c0ffee"]}
+    daemon_a.add(mine, "web", {"c0ffee": info})
     host_a.sync.sync_once()
     assert host_a.cluster(mine).name == "web"
-    assert host_a.store.get_endpoint(endpoint_id).container_name == "db"
-    assert local.reloads == 1
+    endpoint = host_a.store.get_endpoint(endpoint_id)
+    assert (endpoint.container_name, endpoint.aliases) == ("db", ("sql", "c0ffee"))
+    info.update(Name="db2", Aliases=["c0ffee"])  # docker rename; the alias dropped (reconnected)
+    host_a.sync.sync_once()
+    endpoint = host_a.store.get_endpoint(endpoint_id)
+    assert (endpoint.container_name, endpoint.aliases) == ("db2", ("c0ffee",))
+
+
+def test_the_name_service_learns_which_networks_each_container_asks_from(host_a: Host):
+    mine, other = host_a.create_network("10.30.0.0/24"), host_a.create_network("10.31.0.0/24")
+    first, second = host_a.create_endpoint(mine), host_a.create_endpoint(other)
+    daemon_a = daemon_of(listed(host_a))
+    both = {"EndpointID": first[0], "Name": "both", "IPv4Address": first[1]}
+    daemon_a.add(mine, "web", {"c1": both})
+    daemon_a.add(other, "db", {"c1": {**both, "EndpointID": second[0], "IPv4Address": second[1]}})
+    daemon_a.add(Net("b0", "", "", ""), "bridge", {"c2": {"EndpointID": "x", "Name": "plain"}})
+    daemon_a.items[-1].attrs["Driver"] = "bridge"
+    daemon_a.items[-1].attrs["Containers"]["c2"]["IPv4Address"] = "172.17.0.2/16"
+    daemon_a.api.gateway_bridge = {"Containers": {"c1": {"IPv4Address": "172.18.0.2/16"}}}
+    host_a.sync.sync_once()
+    askers = host_a.sync.askers
+    assert askers.networks("172.18.0.2") == {mine.docker_id, other.docker_id}  # its default route's
+    assert askers.networks(first[1].split("/")[0]) == {mine.docker_id, other.docker_id}
+    assert askers.networks("172.17.0.2") == frozenset()  # a container here, on no pyoverlay network
+    assert askers.networks("172.18.0.9") is None  # unknown: the name service asks for a pass
 
 
 def test_own_endpoints_without_veth_or_container_are_collected_after_a_grace_period(

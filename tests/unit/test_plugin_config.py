@@ -22,8 +22,9 @@ def test_every_setting_is_in_config_json_with_the_same_default():
             assert env[name].get("settable") == ["value"], name
 
 
-def test_plugin_implements_both_drivers_with_only_net_admin():
+def test_plugin_implements_both_drivers_with_net_admin_and_the_dns_port():
     assert CONFIG["interface"]["types"] == ["docker.networkdriver/1.0", "docker.ipamdriver/1.0"]
     assert CONFIG["interface"]["socket"] == "pyoverlay.sock"
     assert CONFIG["network"]["type"] == "host"
-    assert CONFIG["linux"]["capabilities"] == ["CAP_NET_ADMIN"]
+    # NET_BIND_SERVICE: the name service listens on port 53 (the daemon's `dns` setting has no port)
+    assert CONFIG["linux"]["capabilities"] == ["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"]

@@ -28,6 +28,8 @@ def test_env_and_flags_mean_the_same_and_flags_win():
         {"VXLAN_PORT": "0"},
         {"DEFAULT_POOL": "10.0.0.0/33"},
         {"ADVERTISE_ADDR": "host"},
+        {"DNS_ADDRESS": "ns.example"},
+        {"DNS_UPSTREAMS": "10.0.0.1,resolver"},
         {"DEFAULT_POOL": "10.0.0.0/16", "DEFAULT_POOL_SIZE": "8"},
         {"HOST_TTL": "0"},
         {"WORKERS_THREADS": "0"},

@@ -1,0 +1,102 @@
+"""What the host's name service knows, kept current by two threads and read by the DNS server:
+
+- NameIndex: the names of every endpoint of the networks bound here, per network, from the store (the
+  event loop updates it from its watches: remote containers included);
+- Askers: which networks a container asking a question is on, by the addresses it may ask from (Docker
+  sync fills it from this host's daemon).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from kvstore import Endpoint
+
+
+def normalize(name: str) -> str:
+    """DNS names compare without case and without the root's trailing dot."""
+    return name.rstrip(".").lower()
+
+
+class NameIndex:
+    """network_id -> name -> addresses, and network_id -> address -> name (for PTR answers)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._names: dict[str, dict[str, tuple[str, ...]]] = {}
+        self._reverse: dict[str, dict[str, str]] = {}
+        self._network_names: dict[str, str] = {}  # network_id -> its name, normalized
+
+    def update(self, network_id: str, network_name: str, endpoints: Iterable[Endpoint]) -> None:
+        """Replace what is known of one network."""
+        names: dict[str, list[str]] = {}
+        reverse: dict[str, str] = {}
+        for endpoint in sorted(endpoints, key=lambda e: e.endpoint_id):
+            if not endpoint.address or not endpoint.container_name:
+                continue
+            address = endpoint.address.split("/")[0]
+            reverse[address] = endpoint.container_name
+            for name in {normalize(n) for n in (endpoint.container_name, *endpoint.aliases) if n}:
+                names.setdefault(name, []).append(address)
+        with self._lock:
+            self._names[network_id] = {n: tuple(a) for n, a in names.items()}
+            self._reverse[network_id] = reverse
+            self._network_names[network_id] = normalize(network_name)
+
+    def drop(self, network_id: str) -> None:
+        with self._lock:
+            self._names.pop(network_id, None)
+            self._reverse.pop(network_id, None)
+            self._network_names.pop(network_id, None)
+
+    def lookup(self, network_ids: Iterable[str], qname: str) -> list[str]:
+        """Addresses of a name on these networks: a plain name (``box2``) or one qualified by its
+        network's name (``box2.ov``), as Docker's embedded DNS answers both."""
+        name = normalize(qname)
+        found: list[str] = []
+        with self._lock:
+            for network_id in sorted(network_ids):
+                names = self._names.get(network_id, {})
+                plain, _, suffix = name.rpartition(".")
+                hits = names.get(name, ())
+                if not hits and plain and suffix == self._network_names.get(network_id):
+                    hits = names.get(plain, ())
+                found.extend(a for a in hits if a not in found)
+        return found
+
+    def reverse(self, network_ids: Iterable[str], address: str) -> str | None:
+        """The container name that holds an address on one of these networks."""
+        with self._lock:
+            for network_id in sorted(network_ids):
+                name = self._reverse.get(network_id, {}).get(address)
+                if name:
+                    return name
+        return None
+
+
+class Askers:
+    """Source address of a question -> the cluster networks of the container that asked. Docker's embedded
+    DNS forwards from inside the container, so the source is one of the container's addresses (usually
+    its docker_gwbridge one: pyoverlay gives containers no gateway)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._networks: dict[str, frozenset[str]] = {}
+        self._generation = 0
+
+    def replace(self, networks: dict[str, frozenset[str]]) -> None:
+        with self._changed:
+            self._networks = dict(networks)
+            self._generation += 1
+            self._changed.notify_all()
+
+    def networks(self, address: str) -> frozenset[str] | None:
+        with self._changed:
+            return self._networks.get(address)
+
+    def wait_for_update(self, timeout: float) -> bool:
+        """Block until the next replace() (a refresh asked for), or the timeout; True if it came."""
+        with self._changed:
+            generation = self._generation
+            return self._changed.wait_for(lambda: self._generation != generation, timeout)
