@@ -35,6 +35,16 @@ def attached_endpoints(summaries: Iterable[Mapping[str, Any]], ours: set[str]) -
     return found
 
 
+def inspected_aliases(inspect: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """endpoint_id -> aliases, from GET /containers/{id}/json (the list leaves Aliases out)."""
+    name = (inspect.get("Name") or "").lstrip("/")
+    found = {}
+    for settings in ((inspect.get("NetworkSettings") or {}).get("Networks") or {}).values():
+        if settings.get("EndpointID"):
+            found[settings["EndpointID"]] = _aliases(name, settings)
+    return found
+
+
 def _aliases(name: str, settings: Mapping[str, Any]) -> tuple[str, ...]:
     # Docker ≥ 25 lists every name it resolves in DNSNames (name, aliases, short id); older ones, Aliases
     names = settings.get("DNSNames") or settings.get("Aliases") or []

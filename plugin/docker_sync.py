@@ -24,7 +24,13 @@ from docker.types import IPAMConfig, IPAMPool
 
 from kvstore import Endpoint, Network, NotFound, Store, StoreError
 
-from .containers import GATEWAY_BRIDGE, attached_endpoints, container_addresses
+from .containers import (
+    GATEWAY_BRIDGE,
+    Attached,
+    attached_endpoints,
+    container_addresses,
+    inspected_aliases,
+)
 from .event_loop import View
 from .names import Askers
 
@@ -55,6 +61,7 @@ class DockerSync:
         self.driver_name = driver_name  # "" = found out from the daemon (managed plugins carry a tag)
         self._wake = threading.Event()
         self.askers = askers or Askers()  # filled for the name service on every pass
+        self._aliases: dict[str, tuple[str, ...]] = {}  # endpoint id -> its container's aliases there
         self._client: docker.DockerClient | None = None
 
     def wake(self, *_: object) -> None:
@@ -169,14 +176,16 @@ class DockerSync:
         each container asks from, and collect own endpoints no container holds any more."""
         summaries = client.api.containers(all=True)
         attached = attached_endpoints(summaries, set(local))
+        aliases = self._aliases_of(client, attached)
         networks_of: dict[str, set[str]] = {}  # container id -> cluster networks
         for endpoint_id, seen in attached.items():
             endpoint = view.endpoints.get(endpoint_id) or self._own_endpoint(endpoint_id)
             if endpoint is None:
                 continue
             networks_of.setdefault(seen.container_id, set()).add(endpoint.network_id)
-            if seen.name and (endpoint.container_name, endpoint.aliases) != (seen.name, seen.aliases):
-                self.store.set_endpoint_name(endpoint_id, seen.name, seen.aliases)  # never resurrects
+            names = (seen.name, aliases.get(endpoint_id, seen.aliases))
+            if seen.name and (endpoint.container_name, endpoint.aliases) != names:
+                self.store.set_endpoint_name(endpoint_id, *names)  # never resurrects
         try:
             gateway_bridge = client.api.inspect_network(GATEWAY_BRIDGE)
         except docker.errors.NotFound:
@@ -184,6 +193,19 @@ class DockerSync:
         addresses = container_addresses(summaries, gateway_bridge)
         self.askers.replace({a: frozenset(networks_of.get(c, ())) for a, c in addresses.items()})
         self._collect_own_garbage(set(attached), view)
+
+    def _aliases_of(self, client: docker.DockerClient, attached: dict[str, Attached]) -> dict[str, tuple]:
+        """endpoint_id -> aliases. The container list leaves them out: a container is inspected once per
+        endpoint (aliases only change by connecting again, which makes a new endpoint)."""
+        known = {e: self._aliases[e] for e in attached if e in self._aliases}
+        for container_id in {a.container_id for e, a in attached.items() if e not in known}:
+            try:
+                found = inspected_aliases(client.api.inspect_container(container_id))
+            except docker.errors.NotFound:
+                continue  # removed since the listing
+            known.update({e: found[e] for e in found if e in attached})
+        self._aliases = known
+        return known
 
     def _own_endpoint(self, endpoint_id: str) -> Endpoint | None:
         """An endpoint the event loop has not seen yet (created a moment ago), from the store."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -103,7 +104,7 @@ class LabHost:
         """Create the host's mount namespace (private /run, per-host plugin dirs). Call wait_anchor()."""
         for d in (self.plugin_socket_dir, self.plugin_spec_dir, self.workdir / "state"):
             d.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "daemon.json").write_text("{}\n")
+        (self.run_dir / "daemon.json").write_text(json.dumps(self.lab.daemon_json) + "\n")
         cmd = [
             "nsenter",
             f"--net=/run/netns/{self.netns}",

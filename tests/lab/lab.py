@@ -54,6 +54,7 @@ class Lab:
         keep: bool = False,
         detached: bool = False,
         dockerd_args: Sequence[str] = (),
+        daemon_json: Mapping[str, object] | None = None,
     ) -> None:
         if not _NAME_RE.fullmatch(name):
             raise ValueError(f"lab name {name!r}: 1-12 of [a-z0-9], starting with a letter")
@@ -76,6 +77,7 @@ class Lab:
         self.agent_command = list(agent_command) if agent_command else default_agent_command()
         self.keep = keep
         self.dockerd_args = list(dockerd_args)  # added to every host's dockerd command line
+        self.daemon_json = dict(daemon_json or {})  # every host's daemon.json
         self.detached = detached  # outlives this process (CLI): never swept as stale
         self.hosts = [LabHost(self, i, str(self.underlay[i])) for i in range(1, n_hosts + 1)]
         self.etcd: subprocess.Popen[bytes] | None = None

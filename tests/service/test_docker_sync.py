@@ -52,6 +52,7 @@ class FakeApi:
     def __init__(self, daemon: FakeDocker) -> None:
         self.daemon = daemon
         self.gateway_bridge: dict[str, Any] | None = None
+        self.inspected: list[str] = []
 
     def containers(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - the SDK's name
         summaries: dict[str, dict[str, Any]] = {}
@@ -65,9 +66,18 @@ class FakeApi:
                     "NetworkID": network.id,
                     "EndpointID": info["EndpointID"],
                     "IPAddress": info.get("IPv4Address", "").split("/")[0],
-                    "Aliases": info.get("Aliases"),
+                    "Aliases": None,  # as Docker lists them: only inspect has them
                 }
         return list(summaries.values())
+
+    def inspect_container(self, container_id: str) -> dict[str, Any]:
+        self.inspected.append(container_id)
+        [summary] = [c for c in self.containers() if c["Id"] == container_id]
+        networks = summary["NetworkSettings"]["Networks"]
+        for network in self.daemon.items:
+            if network.name in networks:
+                networks[network.name]["Aliases"] = network.attrs["Containers"][container_id].get("Aliases")
+        return {"Name": summary["Names"][0], "NetworkSettings": {"Networks": networks}}
 
     def inspect_network(self, name: str) -> dict[str, Any]:
         if name != "docker_gwbridge" or self.gateway_bridge is None:
@@ -174,10 +184,11 @@ def test_network_and_container_names_are_learned(host_a: Host):
     assert host_a.cluster(mine).name == "web"
     endpoint = host_a.store.get_endpoint(endpoint_id)
     assert (endpoint.container_name, endpoint.aliases) == ("db", ("sql", "c0ffee"))
-    info.update(Name="db2", Aliases=["c0ffee"])  # docker rename; the alias dropped (reconnected)
+    info.update(Name="db2")  # docker rename
     host_a.sync.sync_once()
     endpoint = host_a.store.get_endpoint(endpoint_id)
-    assert (endpoint.container_name, endpoint.aliases) == ("db2", ("c0ffee",))
+    assert (endpoint.container_name, endpoint.aliases) == ("db2", ("sql", "c0ffee"))
+    assert daemon_a.api.inspected == ["c0ffee"]  # once per endpoint: aliases change only by reconnecting
 
 
 def test_the_name_service_learns_which_networks_each_container_asks_from(host_a: Host):
