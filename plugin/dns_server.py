@@ -29,6 +29,7 @@ RESOLV_CONF = "/etc/resolv.conf"
 UPSTREAM_TIMEOUT = 3.0  # per upstream server; Docker's embedded DNS waits up to 4 s per server
 TCP_IDLE = 10.0  # seconds a TCP connection may wait for its next question
 REFRESH_WAIT = 0.5  # how long a question from an unknown address waits for Docker sync to learn it
+STRANGER_SECONDS = 10.0  # and how long after that its questions are forwarded without waiting
 
 
 class Upstreams:
@@ -79,6 +80,7 @@ class DnsServer:
         self.refresh = refresh  # asks Docker sync to learn the containers now
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dns")
         self._udp: socket.socket | None = None
+        self._strangers: dict[str, float] = {}  # source -> until when it is known not to be a container
         self._tcp: socket.socket | None = None
 
     def bind(self) -> None:
@@ -120,14 +122,22 @@ class DnsServer:
     # -- questions ----------------------------------------------------------------------------------
     def resolve(self, query: dns.message.Message, source: str, tcp: bool) -> dns.message.Message:
         """The response to one question from ``source``: ours, else an upstream's."""
-        networks = self.askers.networks(source)
-        if networks is None:
-            # A container that started a moment ago: Docker sync has not seen it yet
-            self.refresh()
-            if self.askers.wait_for_update(REFRESH_WAIT):
-                networks = self.askers.networks(source)
-        response = answer(query, networks, self.index)
+        response = answer(query, self._networks_of(source), self.index)
         return response if response is not None else self._forward(query, tcp)
+
+    def _networks_of(self, source: str) -> frozenset[str] | None:
+        networks = self.askers.networks(source)
+        if networks is not None or source == self.address:  # the host itself (--network host)
+            return networks
+        if time.monotonic() < self._strangers.get(source, 0.0):
+            return None
+        # A container that started a moment ago, which Docker sync has not seen yet
+        self.refresh()
+        if self.askers.wait_for_update(REFRESH_WAIT):
+            networks = self.askers.networks(source)
+        if networks is None:  # not a container of this host: do not wait for it again soon
+            self._strangers[source] = time.monotonic() + STRANGER_SECONDS
+        return networks
 
     def _forward(self, query: dns.message.Message, tcp: bool) -> dns.message.Message:
         for address, port in self.upstreams.servers():

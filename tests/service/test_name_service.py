@@ -18,7 +18,7 @@ from tests.dns_upstream import Upstream
 
 from .conftest import Host
 
-ASKER = "127.0.0.1"  # the test asks from here; Askers says which networks that "container" is on
+ASKER = "127.0.0.2"  # the test asks from here; Askers says which networks that "container" is on
 
 
 @pytest.fixture
@@ -46,8 +46,8 @@ def name_service(host_a: Host, upstream: Upstream) -> Iterator[DnsServer]:
 def ask(server: DnsServer, name: str, rdtype: str = "A", tcp: bool = False) -> dns.message.Message:
     query = dns.message.make_query(name, rdtype)
     if tcp:
-        return dns.query.tcp(query, "127.0.0.1", port=server.port, timeout=5)
-    return dns.query.udp(query, "127.0.0.1", port=server.port, timeout=5)
+        return dns.query.tcp(query, "127.0.0.1", port=server.port, timeout=5, source=ASKER)
+    return dns.query.udp(query, "127.0.0.1", port=server.port, timeout=5, source=ASKER)
 
 
 def addresses(response: dns.message.Message) -> list[str]:
@@ -131,3 +131,11 @@ def test_no_upstream_answers_servfail(host_a: Host, upstream: Upstream):
     finally:
         stop.set()
         server.close()
+
+
+def test_a_stranger_waits_for_docker_sync_once(host_a: Host, name_service):
+    refreshes = []
+    name_service.refresh = lambda: refreshes.append(1)  # Docker sync never learns ASKER here
+    for _ in range(3):
+        assert ask(name_service, "www.example.test").answer  # forwarded all the same
+    assert refreshes == [1]
