@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-agents", action="store_true", help="do not start pyoverlay agents")
     up.add_argument("--agent-cmd", help="agent command line (default: .venv/bin/pyoverlay serve)")
     up.add_argument("--keep", action="store_true", help="keep .lab/<name> (logs, data) at down")
+    up.add_argument(
+        "--engine", help="Docker engine of every host: 28, 26 (scripts/fetch-engine.sh); default the system's"
+    )
     for p in (
         up,
         sub.add_parser("down", help="tear a lab down"),
@@ -64,6 +67,7 @@ def _up(args: argparse.Namespace) -> int:
         agent_command=agent_cmd,
         keep=args.keep,
         detached=True,
+        engine=args.engine,
     )
     try:
         lab.up()
@@ -72,7 +76,8 @@ def _up(args: argparse.Namespace) -> int:
         return 2
     print(
         f"lab {lab.name} up in {lab.timings['up']:.1f}s: {len(lab.hosts)} hosts on {lab.underlay} "
-        f"(mtu {lab.mtu}), etcd {lab.etcd_endpoint or 'none'}, image {lab.image}"
+        f"(mtu {lab.mtu}), etcd {lab.etcd_endpoint or 'none'}, image {lab.image}, "
+        f"engine {lab.hosts[0].engine.label}"
     )
     failed = 0
     if not args.no_agents:
@@ -87,7 +92,7 @@ def _up(args: argparse.Namespace) -> int:
                 print(f"{h.name}: agent failed: {exc}", file=sys.stderr)
     for h in lab.hosts:
         agent = "no agent" if h.agent is None else f"agent pid {h.agent.pid}, log {h.workdir / 'agent.log'}"
-        print(f"  {h.name} {h.address}  DOCKER_HOST={h.docker_host} /usr/bin/docker ps   ({agent})")
+        print(f"  {h.name} {h.address}  DOCKER_HOST={h.docker_host} {h.engine.docker} ps   ({agent})")
     print(f"  plugin dirs: {lab.run_dir}/hN/plugins   dockerd logs: {lab.workdir}/hN/dockerd.log")
     cli = f"python -m tests.lab {{}} --name {lab.name}"
     print(f"shell: {cli.format('shell')} h1    down: {cli.format('down')}")
