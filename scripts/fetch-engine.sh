@@ -38,9 +38,10 @@ mirror="${mirror:-http://deb.debian.org/debian}"
 apt_dir="$root/.apt"
 mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/preferences.d"
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+# Both suites always: one index serves every version (containerd and tini come from trixie).
 cat >"$apt_dir/sources.list" <<EOF
 deb [signed-by=$keyring] $mirror trixie main
-deb [signed-by=$keyring] $mirror $suite main
+deb [signed-by=$keyring] $mirror sid main
 EOF
 apt_opts=(
   -o "Dir::Etc::sourcelist=$apt_dir/sources.list" -o Dir::Etc::sourceparts=-
@@ -50,7 +51,7 @@ apt_opts=(
 )
 start=$(date +%s)
 # A list older than a day is refreshed: unstable moves, and an old index names files the mirror dropped.
-if [ -z "$(find "$apt_dir/lists" -maxdepth 1 -name "*_dists_${suite}_*Packages*" -mmin -1440)" ] ||
+if [ -z "$(find "$apt_dir/lists" -maxdepth 1 -name '*_dists_sid_*Packages*' -mmin -1440)" ] ||
   [ -z "$(find "$apt_dir/lists" -maxdepth 1 -name '*_dists_trixie_*Packages*' -mmin -1440)" ]; then
   apt-get "${apt_opts[@]}" update
 fi
