@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from .engines import engine
 from .lab import REPO, Lab, LabUnavailable
 from .system import is_alive
 from .teardown import RUN_ROOT, cleanup, read_state
@@ -104,6 +105,7 @@ def _status(name: str) -> int:
     if not state:
         print(f"lab {name}: not up")
         return 1
+    engines = state.get("engines") or {}
     print(f"lab {name}: underlay {state.get('underlay')}, etcd {state.get('etcd_endpoint') or 'none'}")
     addresses = state.get("hosts_addresses") or {}
     for host in state.get("hosts", []):  # type: ignore[union-attr]
@@ -112,7 +114,7 @@ def _status(name: str) -> int:
         sock = RUN_ROOT / name / str(host) / "docker.sock"
         print(
             f"  {host} {addresses.get(host)}  DOCKER_HOST=unix://{sock}  "
-            f"namespaces {alive['anchor']}, agent {alive['agent']}"
+            f"namespaces {alive['anchor']}, agent {alive['agent']}, engine {engines.get(host, 'system')}"  # type: ignore[union-attr]
         )
     return 0
 
@@ -127,6 +129,9 @@ def _shell(name: str, host: str, cmd: list[str]) -> int:
         print(f"lab {name}: host {host} is not up", file=sys.stderr)
         return 1
     os.environ["DOCKER_HOST"] = f"unix://{run_dir / host}/docker.sock"
+    version = (read_state(name).get("engines") or {}).get(host, "system")  # type: ignore[union-attr]
+    if version != "system":  # its client (and containerd, ctr) first
+        os.environ["PATH"] = f"{engine(version).bin_dir}:{os.environ.get('PATH', '')}"
     os.environ["PS1"] = rf"[{name}/{host}] \w# "
     ns = f"/proc/{pid}/ns"
     os.execvp(
