@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from .engines import engine
 from .lab import REPO, Lab, LabUnavailable
 from .system import is_alive
 from .teardown import RUN_ROOT, cleanup, read_state
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-agents", action="store_true", help="do not start pyoverlay agents")
     up.add_argument("--agent-cmd", help="agent command line (default: .venv/bin/pyoverlay serve)")
     up.add_argument("--keep", action="store_true", help="keep .lab/<name> (logs, data) at down")
+    up.add_argument(
+        "--engine", help="Docker engine of every host: 28, 26 (scripts/fetch-engine.sh); default the system's"
+    )
     for p in (
         up,
         sub.add_parser("down", help="tear a lab down"),
@@ -64,6 +68,7 @@ def _up(args: argparse.Namespace) -> int:
         agent_command=agent_cmd,
         keep=args.keep,
         detached=True,
+        engine=args.engine,
     )
     try:
         lab.up()
@@ -72,7 +77,8 @@ def _up(args: argparse.Namespace) -> int:
         return 2
     print(
         f"lab {lab.name} up in {lab.timings['up']:.1f}s: {len(lab.hosts)} hosts on {lab.underlay} "
-        f"(mtu {lab.mtu}), etcd {lab.etcd_endpoint or 'none'}, image {lab.image}"
+        f"(mtu {lab.mtu}), etcd {lab.etcd_endpoint or 'none'}, image {lab.image}, "
+        f"engine {lab.hosts[0].engine.label}"
     )
     failed = 0
     if not args.no_agents:
@@ -87,7 +93,7 @@ def _up(args: argparse.Namespace) -> int:
                 print(f"{h.name}: agent failed: {exc}", file=sys.stderr)
     for h in lab.hosts:
         agent = "no agent" if h.agent is None else f"agent pid {h.agent.pid}, log {h.workdir / 'agent.log'}"
-        print(f"  {h.name} {h.address}  DOCKER_HOST={h.docker_host} /usr/bin/docker ps   ({agent})")
+        print(f"  {h.name} {h.address}  DOCKER_HOST={h.docker_host} {h.engine.docker} ps   ({agent})")
     print(f"  plugin dirs: {lab.run_dir}/hN/plugins   dockerd logs: {lab.workdir}/hN/dockerd.log")
     cli = f"python -m tests.lab {{}} --name {lab.name}"
     print(f"shell: {cli.format('shell')} h1    down: {cli.format('down')}")
@@ -99,6 +105,7 @@ def _status(name: str) -> int:
     if not state:
         print(f"lab {name}: not up")
         return 1
+    engines = state.get("engines") or {}
     print(f"lab {name}: underlay {state.get('underlay')}, etcd {state.get('etcd_endpoint') or 'none'}")
     addresses = state.get("hosts_addresses") or {}
     for host in state.get("hosts", []):  # type: ignore[union-attr]
@@ -107,7 +114,7 @@ def _status(name: str) -> int:
         sock = RUN_ROOT / name / str(host) / "docker.sock"
         print(
             f"  {host} {addresses.get(host)}  DOCKER_HOST=unix://{sock}  "
-            f"namespaces {alive['anchor']}, agent {alive['agent']}"
+            f"namespaces {alive['anchor']}, agent {alive['agent']}, engine {engines.get(host, 'system')}"  # type: ignore[union-attr]
         )
     return 0
 
@@ -122,6 +129,9 @@ def _shell(name: str, host: str, cmd: list[str]) -> int:
         print(f"lab {name}: host {host} is not up", file=sys.stderr)
         return 1
     os.environ["DOCKER_HOST"] = f"unix://{run_dir / host}/docker.sock"
+    version = (read_state(name).get("engines") or {}).get(host, "system")  # type: ignore[union-attr]
+    if version != "system":  # its client (and containerd, ctr) first
+        os.environ["PATH"] = f"{engine(version).bin_dir}:{os.environ.get('PATH', '')}"
     os.environ["PS1"] = rf"[{name}/{host}] \w# "
     ns = f"/proc/{pid}/ns"
     os.execvp(

@@ -23,17 +23,25 @@ def lab_image_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         check_machine(etcd=False)
     except LabUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"lab unavailable on CI, which must run it: {exc}")
-        pytest.skip(f"lab unavailable: {exc}")
+        _unavailable(exc)
     # Labs of earlier sessions that were killed before their teardown ran.
     cleanup_stale()
     return build_image_tar(tmp_path_factory.getbasetemp() / "lab-image")
 
 
+def _unavailable(exc: LabUnavailable) -> None:
+    """Skip the test, saying why; on CI, whose machine must run every lab, fail it."""
+    if os.environ.get("CI"):
+        pytest.fail(f"lab unavailable on CI, which must run it: {exc}")
+    pytest.skip(f"lab unavailable: {exc}")
+
+
 @pytest.fixture
 def make_lab(lab_image_tar: Path, tmp_path: Path) -> Iterator[Callable[..., Lab]]:
-    """Factory: ``make_lab(n_hosts=2, mtu=1500, etcd=True, ...)`` returns a Lab that is up.
+    """Factory: ``make_lab(n_hosts=2, mtu=1500, etcd=True, engine=None, ...)`` returns a Lab that is up.
+
+    ``engine="28"`` runs every host's dockerd from scripts/fetch-engine.sh's folder (a sequence gives one
+    per host); a test whose engine is not fetched skips, or fails on CI.
 
     Every lab it made is torn down after the test, pass or fail. Names default to one unique per
     process and call, so concurrent pytest runs on one machine do not tear down each other's labs.
@@ -45,6 +53,10 @@ def make_lab(lab_image_tar: Path, tmp_path: Path) -> Iterator[Callable[..., Lab]
         kwargs.setdefault("workdir", tmp_path / f"lab-{name}")
         kwargs.setdefault("image_tar", lab_image_tar)
         lab = Lab(n_hosts, name, **kwargs)
+        try:
+            check_machine(lab.with_etcd, [h.engine.version for h in lab.hosts])
+        except LabUnavailable as exc:  # e.g. engine="28" not fetched
+            _unavailable(exc)
         labs.append(lab)
         lab.up()
         return lab

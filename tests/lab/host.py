@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tests.plugin_client import unix_http
 
+from .engines import SYSTEM_DOCKER, SYSTEM_DOCKERD, Engine, engine
 from .image import IMAGE_TAG, IMPORT_CHANGES
 from .system import DF_PING_SCRIPT, log_tail, terminate, wait_until
 
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 
     from .lab import Lab
 
-DOCKER = "/usr/bin/docker"  # the 20.10 client matching the daemon (a newer one may come first in PATH)
-DOCKERD = "/usr/sbin/dockerd"
+DOCKER = SYSTEM_DOCKER  # the 20.10 client; a host's own client is LabHost.engine.docker
+DOCKERD = SYSTEM_DOCKERD
 
 # Runs as PID "anchor" inside the host's netns, in a fresh private mount namespace, and then sleeps for
 # the lifetime of the host so that dockerd restarts, the agent and `h.run` all share one mount namespace.
@@ -73,8 +74,9 @@ class CommandFailed(subprocess.CalledProcessError):
 class LabHost:
     """A lab host. Paths under ``run_dir`` are short (unix sockets) and the same in every namespace."""
 
-    def __init__(self, lab: Lab, index: int, address: str) -> None:
+    def __init__(self, lab: Lab, index: int, address: str, engine_version: str | None = None) -> None:
         self.lab = lab
+        self.engine: Engine = engine(engine_version)  # read at each start_dockerd
         self.index = index
         self.name = f"h{index}"
         self.netns = f"{lab.name}-{self.name}"
@@ -189,7 +191,7 @@ class LabHost:
             raise RuntimeError(f"{self.name}: dockerd already running")
         pool = self.lab.docker_pool(self.index)
         args = [
-            DOCKERD,
+            self.engine.dockerd,
             f"--data-root={self.workdir / 'docker'}",
             "--exec-root=/var/run/docker",  # inside the private /run: per host
             "--pidfile=/var/run/docker.pid",
@@ -204,6 +206,8 @@ class LabHost:
         log = open(self.workdir / "dockerd.log", "ab")  # noqa: SIM115 - owned by the child from here
         env = {**os.environ, "S": str(self.run_dir)}
         env.pop("DOCKER_HOST", None)
+        if self.engine.bin_dir is not None:  # its containerd, docker-init, docker-proxy; the system runc
+            env["PATH"] = f"{self.engine.bin_dir}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
         cmd = [*self.nsenter(), "sh", "-c", _DOCKERD_WRAPPER, "sh", *args]
         self.dockerd = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
         log.close()
@@ -243,9 +247,9 @@ class LabHost:
     def docker(
         self, *args: str, check: bool = True, timeout: float | None = 120, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run the docker CLI against this host's daemon; text output captured."""
+        """Run the docker CLI (the client of this host's engine) against its daemon; text output captured."""
         proc = subprocess.run(
-            [DOCKER, "-H", self.docker_host, *args],
+            [self.engine.docker, "-H", self.docker_host, *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -264,7 +268,7 @@ class LabHost:
         )
 
     def client(self) -> docker.DockerClient:
-        """A docker SDK client for this host (API version negotiated: the daemon is 20.10)."""
+        """A docker SDK client for this host (API version negotiated: the daemon may be 20.10)."""
         import docker
 
         if self._client is None:
@@ -275,7 +279,7 @@ class LabHost:
         """Start `docker import` of the test image; the caller waits (imports run in parallel)."""
         changes = [a for c in IMPORT_CHANGES for a in ("--change", c)]
         return subprocess.Popen(
-            [DOCKER, "-H", self.docker_host, "import", *changes, str(tarball), tag],
+            [self.engine.docker, "-H", self.docker_host, "import", *changes, str(tarball), tag],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

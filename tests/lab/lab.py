@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from .host import DOCKER, DOCKERD, LabHost
+from .engines import engine as engine_of
+from .host import LabHost
 from .image import IMAGE_TAG, build_image_tar
 from .system import sh, wait_until
 from .teardown import RUN_ROOT, STATE_KIND, cleanup, remove_workdir_content
@@ -55,6 +56,7 @@ class Lab:
         detached: bool = False,
         dockerd_args: Sequence[str] = (),
         daemon_json: Mapping[str, object] | None = None,
+        engine: str | None | Sequence[str | None] = None,
     ) -> None:
         if not _NAME_RE.fullmatch(name):
             raise ValueError(f"lab name {name!r}: 1-12 of [a-z0-9], starting with a letter")
@@ -79,7 +81,10 @@ class Lab:
         self.dockerd_args = list(dockerd_args)  # added to every host's dockerd command line
         self.daemon_json = dict(daemon_json or {})  # every host's daemon.json
         self.detached = detached  # outlives this process (CLI): never swept as stale
-        self.hosts = [LabHost(self, i, str(self.underlay[i])) for i in range(1, n_hosts + 1)]
+        engines = [engine] * n_hosts if engine is None or isinstance(engine, str) else list(engine)
+        if len(engines) != n_hosts:
+            raise ValueError(f"engine: one per host ({n_hosts}), got {engines}")
+        self.hosts = [LabHost(self, i, str(self.underlay[i]), engines[i - 1]) for i in range(1, n_hosts + 1)]
         self.etcd: subprocess.Popen[bytes] | None = None
         self.timings: dict[str, float] = {}
 
@@ -109,7 +114,7 @@ class Lab:
     def up(self) -> Lab:
         """Clean leftovers of an earlier run with this name, then build the whole lab; tear down on error."""
         start = time.monotonic()
-        check_machine(self.with_etcd)
+        check_machine(self.with_etcd, [h.engine.version for h in self.hosts])
         cleanup(self.name)
         try:
             self._up()
@@ -156,6 +161,7 @@ class Lab:
             "etcd_endpoint": self.etcd_endpoint,
             "underlay": str(self.underlay),
             "hosts_addresses": {h.name: h.address for h in self.hosts},
+            "engines": {h.name: h.engine.label for h in self.hosts},
         }
         (self.run_dir / "lab.json").write_text(json.dumps(state, indent=1) + "\n")
 
@@ -275,11 +281,15 @@ class Lab:
         self.timings["down"] = time.monotonic() - start
 
 
-def check_machine(etcd: bool = True) -> None:
-    """Raise LabUnavailable, saying why, if this machine cannot run a lab."""
+def check_machine(etcd: bool = True, engines: Sequence[str | None] = (None,)) -> None:
+    """Raise LabUnavailable, saying why, if this machine cannot run a lab (with these Docker engines)."""
     if os.geteuid() != 0:
         raise LabUnavailable("the lab needs root (network, mount namespaces, dockerd)")
-    tools = ["ip", "nsenter", "unshare", "findmnt", "mountpoint", "iptables", DOCKERD, DOCKER, "/bin/busybox"]
+    for version in dict.fromkeys(engines):
+        reason = engine_of(version).missing()
+        if reason:
+            raise LabUnavailable(reason)
+    tools = ["ip", "nsenter", "unshare", "findmnt", "mountpoint", "iptables", "runc", "/bin/busybox"]
     if etcd:
         tools.append(ETCD)
     missing = [t for t in tools if shutil.which(t) is None]
