@@ -49,11 +49,11 @@ def until_resolves(h, container: str, name: str, expected: list[str], timeout: f
     return time.monotonic() - start
 
 
-@pytest.fixture
-def named_lab(make_lab) -> Iterator:  # noqa: F811
+@pytest.fixture(params=[None, "28"], ids=["docker20.10", "docker28"])
+def named_lab(make_lab, request) -> Iterator:  # noqa: F811
     config = daemon_config()
     assert config == {"dns": ["169.254.53.53"]}
-    lab = make_lab(3, etcd=True, daemon_json=config)
+    lab = make_lab(3, etcd=True, daemon_json=config, engine=request.param)
     upstream = subprocess.Popen(
         [
             "nsenter",
