@@ -81,6 +81,7 @@ class DnsServer:
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dns")
         self._udp: socket.socket | None = None
         self._strangers: dict[str, float] = {}  # source -> until when it is known not to be a container
+        self._cache = AnswerCache(index)
         self._tcp: socket.socket | None = None
 
     def bind(self) -> None:
@@ -109,6 +110,11 @@ class DnsServer:
                 return  # closed
             if client is None:
                 return  # shut down by close()
+            cached = self._cache.get(self.askers.networks(client[0]), wire)
+            if cached is not None:  # the common question, answered on this thread: no hand-over
+                with contextlib.suppress(OSError):
+                    udp.sendto(cached, client)
+                continue
             self._pool.submit(self._reply_udp, udp, wire, client)
 
     def close(self) -> None:
@@ -124,6 +130,20 @@ class DnsServer:
         """The response to one question from ``source``: ours, else an upstream's."""
         response = answer(query, self._networks_of(source), self.index)
         return response if response is not None else self._forward(query, tcp)
+
+    def _resolve_udp(self, wire: bytes, source: str) -> bytes | None:
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            return None  # not a question
+        generation = self.index.generation  # before the answer: a change meanwhile is not cached
+        networks = self._networks_of(source)
+        response = answer(query, networks, self.index)
+        if response is None:
+            return _udp_wire(query, self._forward(query, tcp=False))
+        rendered = _udp_wire(query, response)
+        self._cache.put(networks, wire, rendered, generation)
+        return rendered
 
     def _networks_of(self, source: str) -> frozenset[str] | None:
         networks = self.askers.networks(source)
@@ -153,11 +173,9 @@ class DnsServer:
 
     def _reply_udp(self, udp: socket.socket, wire: bytes, client: tuple[str, int]) -> None:
         try:
-            query = dns.message.from_wire(wire)
-        except dns.exception.DNSException:
-            return  # not a question
-        try:
-            udp.sendto(_udp_wire(query, self.resolve(query, client[0], tcp=False)), client)
+            response = self._resolve_udp(wire, client[0])
+            if response is not None:
+                udp.sendto(response, client)
         except Exception:  # one bad question never stops the server
             log.exception("dns: question from %s", client[0])
 
@@ -181,6 +199,32 @@ class DnsServer:
                 return  # closed, idle or garbage
             except Exception:
                 log.exception("dns: tcp question from %s", source)
+
+
+class AnswerCache:
+    """Our UDP answers as sent, by the asker's networks and the question's bytes after its ID, until
+    the names change: the same question again is answered without parsing or rendering."""
+
+    def __init__(self, index: NameIndex, size: int = 10_000) -> None:
+        self.index = index
+        self.size = size
+        self._entries: dict[tuple[frozenset[str], bytes], bytes] = {}
+        self._generation = -1
+
+    def get(self, networks: frozenset[str] | None, wire: bytes) -> bytes | None:
+        if not networks or len(wire) < 12 or self._generation != self.index.generation:
+            return None
+        cached = self._entries.get((networks, wire[2:]))
+        return None if cached is None else wire[:2] + cached[2:]  # the asker's ID
+
+    def put(self, networks: frozenset[str] | None, wire: bytes, response: bytes, generation: int) -> None:
+        if not networks:
+            return
+        if generation != self._generation or len(self._entries) >= self.size:
+            self._entries = {}
+            self._generation = generation
+        if generation == self.index.generation:
+            self._entries[(networks, wire[2:])] = response
 
 
 def _udp_wire(query: dns.message.Message, response: dns.message.Message) -> bytes:

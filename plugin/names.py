@@ -27,6 +27,7 @@ class NameIndex:
         self._names: dict[str, dict[str, tuple[str, ...]]] = {}
         self._reverse: dict[str, dict[str, str]] = {}
         self._network_names: dict[str, str] = {}  # network_id -> its name, normalized
+        self.generation = 0  # counts changes: answers made from an older generation are stale
 
     def update(self, network_id: str, network_name: str, endpoints: Iterable[Endpoint]) -> None:
         """Replace what is known of one network."""
@@ -43,12 +44,14 @@ class NameIndex:
             self._names[network_id] = {n: tuple(a) for n, a in names.items()}
             self._reverse[network_id] = reverse
             self._network_names[network_id] = normalize(network_name)
+            self.generation += 1
 
     def drop(self, network_id: str) -> None:
         with self._lock:
             self._names.pop(network_id, None)
             self._reverse.pop(network_id, None)
             self._network_names.pop(network_id, None)
+            self.generation += 1
 
     def lookup(self, network_ids: Iterable[str], qname: str) -> list[str]:
         """Addresses of a name on these networks: a plain name (``box2``) or one qualified by its

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -16,6 +15,7 @@ import pytest
 from tests.lab.fixtures import lab_image_tar, make_lab  # noqa: F401
 from tests.lab.lab import REPO
 from tests.lab.system import wait_until as wait_for
+from tests.lab.upstream import start_upstream
 
 pytestmark = pytest.mark.lab
 
@@ -54,26 +54,8 @@ def named_lab(make_lab, request) -> Iterator:  # noqa: F811
     config = daemon_config()
     assert config == {"dns": ["169.254.53.53"]}
     lab = make_lab(3, etcd=True, daemon_json=config, engine=request.param)
-    upstream = subprocess.Popen(
-        [
-            "nsenter",
-            f"--net=/run/netns/{lab.underlay_netns}",
-            "--",
-            sys.executable,
-            "-m",
-            "tests.dns_upstream",
-        ]
-        + [lab.underlay_address, "53", *(f"{k}={v}" for k, v in EXTERNAL.items())],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    upstream = start_upstream(lab, EXTERNAL)
     try:
-        assert upstream.stdout is not None and upstream.stdout.readline().strip() == "ready"
-        for h in lab.hosts:  # the host's normal resolver: the test's upstream
-            resolv = h.workdir / "resolv.conf"
-            resolv.write_text(f"nameserver {lab.underlay_address}\n")
-            h.run(["mount", "--bind", str(resolv), "/etc/resolv.conf"])
         lab.start_agents()
         lab.hosts[0].create_network("ov", "--subnet", "10.60.0.0/24")
         lab.hosts[0].create_network("other", "--subnet", "10.61.0.0/24")

@@ -63,7 +63,8 @@ def test_names_of_other_hosts_resolve_follow_renames_and_go(host_a: Host, host_b
     host_a.settle()
     name_service.askers.replace({ASKER: frozenset({host_a.cluster(mine).network_id})})
     ip2 = address2.split("/")[0]
-    assert addresses(ask(name_service, "box2")) == [ip2]
+    for _ in range(3):  # again: from the answer cache, with each question's own ID (dnspython checks)
+        assert addresses(ask(name_service, "box2")) == [ip2]
     assert addresses(ask(name_service, "web", tcp=True)) == [ip2]
     response = ask(name_service, "box2", "AAAA")
     assert response.rcode() == dns.rcode.NOERROR and response.answer == []
