@@ -1,6 +1,6 @@
 """The managed plugin for real: built by `make plugin` in a lab host's daemon, pushed to a registry on the
 underlay, `docker plugin install`ed on two hosts; then cross-host traffic, `disable -f`/`enable` under
-traffic, `docker plugin set`, and container restarts.
+traffic, `docker plugin set`, container restarts, and names across hosts.
 
 Build: the base image (`pyoverlay-base:bookworm`, debootstrap) is made once in the root daemon and kept
 there as a cache, then copied into h1, whose daemon builds the image and creates the plugin under its
@@ -20,9 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from plugin.cli import daemon_config
+from plugin.settings import Settings
 from tests.lab import Lab
 from tests.lab.fixtures import lab_image_tar  # noqa: F401
 from tests.lab.host import DOCKER
+from tests.lab.names import resolved, start_upstream
 from tests.lab.registry import LocalRegistry, registry_available
 from tests.lab.system import wait_until as wait_for
 from tests.multihost.managed_cluster import (
@@ -44,6 +47,8 @@ from tests.multihost.managed_cluster import (
 )
 
 pytestmark = pytest.mark.lab
+
+EXTERNAL = {"www.example.test": "192.0.2.10"}
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +74,16 @@ def cluster(
         workdir=workdir / "lab",
         image_tar=lab_image_tar,
         dockerd_args=[f"--insecure-registry={REGISTRY}"],  # the registry below, plain HTTP
+        daemon_json=daemon_config(Settings()),  # what the cluster install has a user apply
     )
     facts: dict[str, str] = {}
     # The helpers in tests.lab.registry run $DOCKER: the 20.10 client that matches the daemons.
     with pytest.MonkeyPatch.context() as env:
         env.setenv("DOCKER", DOCKER)
         lab.up()
-        registry = None
+        registry = upstream = None
         try:
+            upstream = start_upstream(lab, EXTERNAL)
             registry = LocalRegistry(
                 host=lab.underlay_address,
                 port=5000,
@@ -94,6 +101,9 @@ def cluster(
                 print(f"--- {h.name} dockerd log, plugin lines\n" + plugin_log(h)[-12000:])
             if registry is not None:
                 registry.stop()
+            if upstream is not None:
+                upstream.kill()
+                upstream.wait()
             lab.down()  # h1's images and both hosts' plugins go with their daemons
             facts["whole module"] = f"{time.monotonic() - start:.1f} s"
             say(request, "managed plugin, all: " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
@@ -104,7 +114,7 @@ def test_installed_from_registry_network_spreads_and_containers_talk(cluster):
     for h in cluster.hosts:
         info = json.loads(h.docker("plugin", "inspect", DRIVER).stdout)[0]
         assert info["PluginReference"] == cluster.ref
-        assert info["Config"]["Linux"]["Capabilities"] == ["CAP_NET_ADMIN"]
+        assert info["Config"]["Linux"]["Capabilities"] == ["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"]
     create_network(cluster, "ov", "10.61.0.0/24")
     ip1 = run_box(cluster, h1, "box1", "ov")
     ip2 = run_box(cluster, h2, "box2", "ov")
@@ -116,6 +126,18 @@ def test_installed_from_registry_network_spreads_and_containers_talk(cluster):
     assert len(ids) == 2
     hosts = cluster.lab.etcdctl("get", "--prefix", "--print-value-only", "/pyoverlay/v1/hosts/").stdout
     assert {json.loads(v)["address"] for v in hosts.splitlines() if v} == {h1.address, h2.address}
+
+
+def test_names_across_hosts(cluster):
+    """The plugin's name service: another host's container by name, and the host's own resolvers (the
+    lab's upstream) through the plugin, which sees the host's /etc/resolv.conf."""
+    h1, h2 = cluster.hosts
+    create_network(cluster, "named", "10.64.0.0/24")
+    run_box(cluster, h1, "n1", "named")
+    ip2 = run_box(cluster, h2, "n2", "named")
+    wait_for(lambda: resolved(h1, "n1", "n2") == [ip2], 10, "n2 by name on h1")
+    h1.docker("exec", "n1", "ping", "-c", "1", "-W", "2", "n2")
+    assert resolved(h1, "n1", "www.example.test") == ["192.0.2.10"]
 
 
 def test_disable_enable_keeps_traffic_and_state(cluster, request):

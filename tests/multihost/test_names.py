@@ -5,7 +5,6 @@ internet), and containers on different hosts find each other by name, alias and 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,8 +13,8 @@ import pytest
 
 from tests.lab.fixtures import lab_image_tar, make_lab  # noqa: F401
 from tests.lab.lab import REPO
+from tests.lab.names import resolved, start_upstream
 from tests.lab.system import wait_until as wait_for
-from tests.lab.upstream import start_upstream
 
 pytestmark = pytest.mark.lab
 
@@ -28,13 +27,6 @@ def daemon_config() -> dict:
     out = subprocess.run([str(REPO / ".venv/bin/pyoverlay"), "daemon-config"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
-
-
-def resolved(h, container: str, name: str) -> list[str]:
-    """The addresses `nslookup NAME` gives inside the container (busybox: through 127.0.0.11)."""
-    out = h.docker("exec", container, "nslookup", "-type=a", name, check=False, timeout=30).stdout
-    answer = out.split("Non-authoritative answer:", 1)[-1] if "answer" in out else out.split("\n\n", 1)[-1]
-    return sorted(set(re.findall(r"Address:\s*(\d+\.\d+\.\d+\.\d+)\s*$", answer, re.M)))
 
 
 def ip_of(h, container: str, network: str) -> str:

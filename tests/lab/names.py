@@ -1,12 +1,14 @@
-"""The lab's stand-in for "the host's normal resolvers" (there is no internet): tests.dns_upstream run in
-the underlay namespace, and every host's /etc/resolv.conf naming it."""
+"""Names in the lab: a stand-in for "the host's normal resolvers" (there is no internet), tests.dns_upstream
+run in the underlay namespace with every host's /etc/resolv.conf naming it; and lookups in containers."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
 
+from .host import LabHost
 from .lab import REPO, Lab
 
 
@@ -36,3 +38,10 @@ def start_upstream(lab: Lab, records: Mapping[str, str]) -> subprocess.Popen[str
         resolv.write_text(f"nameserver {lab.underlay_address}\n")
         h.run(["mount", "--bind", str(resolv), "/etc/resolv.conf"])
     return upstream
+
+
+def resolved(h: LabHost, container: str, name: str) -> list[str]:
+    """The IPv4 addresses `nslookup NAME` gives inside the container (busybox, through 127.0.0.11)."""
+    out = h.docker("exec", container, "nslookup", "-type=a", name, check=False, timeout=30).stdout
+    answer = out.split("Non-authoritative answer:", 1)[-1] if "answer" in out else out.split("\n\n", 1)[-1]
+    return sorted(set(re.findall(r"Address:\s*(\d+\.\d+\.\d+\.\d+)\s*$", answer, re.M)))
