@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-host.sh
+scripts/apply-daemon-config.sh  # the one daemon setting: names of containers on other hosts
 
 sock=/run/docker/plugins/pyoverlay.sock
 answers() { curl -sf --unix-socket "$sock" -X POST http://plugin/Plugin.Activate >/dev/null 2>&1; }
