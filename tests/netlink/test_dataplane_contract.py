@@ -69,3 +69,28 @@ def test_peers_round_trip_and_need_the_device(plane) -> None:
     assert plane.apply_peers(TEST_VNI, diff(fewer, plane.read_peers(TEST_VNI))) == []
     assert plane.read_peers(TEST_VNI) == fewer
     plane.delete_network(TEST_VNI)
+
+
+def test_host_address_is_exact_idempotent_outlives_ensure_network_and_goes_with_the_bridge(plane) -> None:
+    exposed, mac = "10.1.0.254/24", "02:42:0a:01:00:fe"
+    with pytest.raises(DataplaneError):
+        plane.ensure_host_address(TEST_VNI, exposed, mac)
+    plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
+    assert plane.host_address(TEST_VNI) is None
+    plane.ensure_host_address(TEST_VNI, exposed, mac)
+    plane.ensure_host_address(TEST_VNI, exposed, mac)
+    assert plane.host_address(TEST_VNI) == (exposed, mac)
+    plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")  # what handlers and resyncs call: keeps it
+    assert plane.host_address(TEST_VNI) == (exposed, mac)
+    plane.ensure_host_address(TEST_VNI, "10.1.0.253/24", "02:42:0a:01:00:fd")  # replaced, not added
+    assert plane.host_address(TEST_VNI) == ("10.1.0.253/24", "02:42:0a:01:00:fd")
+    plane.ensure_host_address(TEST_VNI, None)
+    plane.ensure_host_address(TEST_VNI, None)
+    assert plane.host_address(TEST_VNI) is None
+    plane.ensure_host_address(TEST_VNI, exposed, mac)
+    plane.delete_network(TEST_VNI)
+    with pytest.raises(DataplaneError):
+        plane.host_address(TEST_VNI)
+    plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
+    assert plane.host_address(TEST_VNI) is None
+    plane.delete_network(TEST_VNI)
