@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 from driver import DataplaneError, PeerChanges, PeerState
-from driver.names import check_vni
+from driver.names import check_vni, veth_names
 
 
 class MemoryDataplane:
@@ -59,6 +59,7 @@ class MemoryDataplane:
             return set(self.networks)
 
     def ensure_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
+        veth_names(endpoint_id)  # ValueError for an id no veth can be named after, as in the kernel
         with self._lock:
             self.calls.append(("ensure_endpoint", endpoint_id))
             if vni not in self.networks:
@@ -67,6 +68,7 @@ class MemoryDataplane:
         return f"poc{endpoint_id[:12]}"
 
     def delete_endpoint(self, endpoint_id: str) -> None:
+        veth_names(endpoint_id)
         with self._lock:
             self.calls.append(("delete_endpoint", endpoint_id))
             self.endpoints.pop(endpoint_id, None)

@@ -54,6 +54,8 @@ def test_endpoints_need_their_network_and_outlive_it(plane) -> None:
     assert plane.endpoint_ids_prefixes() == {ENDPOINT[:12]}  # a veth outlives its bridge
     plane.delete_endpoint(ENDPOINT)
     assert plane.endpoint_ids_prefixes() == set()
+    with pytest.raises(ValueError):  # no veth can be named after it (a host exposure's id, say)
+        plane.delete_endpoint("host-0123456789abcdef-" + "ab" * 32)
 
 
 def test_peers_round_trip_and_need_the_device(plane) -> None:
