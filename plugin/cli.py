@@ -1,5 +1,5 @@
 """The ``pyoverlay`` command: ``serve`` runs the agent and ``stop`` stops it; ``hosts`` and
-``forget-host`` are for operators."""
+``forget-host`` are for operators; ``expose`` and ``hide`` give this host an address on a network."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
-from . import pidfile
+from . import cli_expose, pidfile
 from . import settings as settings_mod
 
 STOP_TIMEOUT = 15.0  # seconds; gunicorn gives its worker 5 s to finish, then kills it
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     forget = sub.add_parser("forget-host", help="remove a dead host's endpoints, addresses and bindings")
     forget.add_argument("host_id")
     settings_mod.add_arguments(forget, settings_mod.STORE_SETTINGS)
+    cli_expose.add_parsers(sub)
     return parser
 
 
@@ -100,6 +101,8 @@ def _operate(args: argparse.Namespace, settings: settings_mod.Settings) -> int:
         cert_key=settings.etcd_key or None,
     )
     try:
+        if args.command in cli_expose.COMMANDS:
+            return cli_expose.run(args, settings, store)
         if args.command == "hosts":
             alive = {h.host_id: h for h in store.list_hosts()}
             endpoints = Counter(e.host_id for e in store.list_endpoints())
