@@ -85,8 +85,9 @@ def ensure_bridge(ipr: IPRoute, ifname: str, mtu: int) -> Link:
             raise DataplaneError(f"{ifname}: create bridge: exists with kind {link_kind(link)}")
     data = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
     if data is None or data.get("IFLA_BR_STP_STATE") or data.get("IFLA_BR_MCAST_SNOOPING") != 0:
-        # Snooping off: with no IGMP querier on the overlay, a bridge that heard only local members of a
-        # group would keep its multicast from the VXLAN port, so from every other host
+        # Snooping off. Without an IGMP querier the kernel floods multicast anyway; once a container runs
+        # one, a bridge that has not heard remote members' reports (devices rebuilt, host joined late)
+        # keeps the group from the VXLAN port, so from every other host, until the next query
         with kernel_op(ifname, "disable STP and multicast snooping"):
             ipr.link("set", index=link["index"], kind="bridge", br_stp_state=0, br_mcast_snooping=0)
     _quiet_port(ipr, link, keep_label=host_label(ifname))
