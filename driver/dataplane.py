@@ -22,9 +22,11 @@ from .links import (
     delete_link,
     describe,
     ensure_bridge,
+    ensure_host_address,
     ensure_veth,
     ensure_vxlan,
     find_link,
+    host_label,
     kernel_op,
     require_link,
 )
@@ -129,6 +131,32 @@ class Dataplane:
             delete_link(self._ipr, vxlan_name(vni))
             delete_link(self._ipr, bridge_name(vni))
             firewall.delete_forward_rules(vni, self.netns)
+
+    def ensure_host_address(self, vni: int, address: str | None, mac: str | None = None) -> None:
+        """This host's own address on the network (pyoverlay expose): the bridge holds exactly
+        ``address`` (IPv4 CIDR) and has ``mac``. None: no address, and the bridge takes its VXLAN
+        device's MAC again, so the exposed address's MAC never shadows a container given it later."""
+        check_vni(vni)
+        ifname = bridge_name(vni)
+        if mac is not None and not _MAC.match(mac):
+            raise DataplaneError(f"{ifname}: host address: invalid MAC address {mac!r}")
+        with self._network_lock:
+            bridge = require_link(self._ipr, ifname, "set host address (ensure the network)")
+            if address is None:
+                vxlan = find_link(self._ipr, vxlan_name(vni))
+                mac = vxlan.get("address") if vxlan is not None else None
+            ensure_host_address(self._ipr, bridge, address, mac)
+
+    def host_address(self, vni: int) -> tuple[str, str] | None:
+        """(address CIDR, bridge MAC) of this host's own address on the network, or None."""
+        ifname = bridge_name(vni)
+        bridge = require_link(self._ipr, ifname, "read host address")
+        with kernel_op(ifname, "list addresses"):
+            addresses = self._ipr.addr("dump", index=bridge["index"])
+        for addr in addresses:
+            if addr.get("IFA_LABEL") == host_label(ifname):
+                return f"{addr.get('IFA_ADDRESS')}/{addr['prefixlen']}", bridge.get("address")
+        return None
 
     def network_vnis(self) -> set[int]:
         """VNIs that have a pyoverlay bridge or VXLAN device here."""

@@ -4,6 +4,7 @@ Every function takes the caller's IPRoute (one per thread) and raises DataplaneE
 """
 
 import errno
+import ipaddress
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,24 +65,71 @@ def delete_link(ipr: IPRoute, ifname: str) -> None:
         ipr.link("del", ifname=ifname)
 
 
+def host_label(bridge: str) -> str:
+    """The label of this host's own address on a bridge (pyoverlay expose): at most 15 characters."""
+    return f"{bridge}:ex"
+
+
 def ensure_bridge(ipr: IPRoute, ifname: str, mtu: int) -> Link:
-    """A bridge called ifname: up, this MTU, STP off, no IP addresses."""
+    """A bridge called ifname: up, this MTU, STP and multicast snooping off, no IP addresses but this
+    host's own (labelled host_label, see ensure_host_address)."""
     link = find_link(ipr, ifname)
     if link is not None and link_kind(link) != "bridge":
         delete_link(ipr, ifname)  # something else squats the name; the name is ours by prefix
         link = None
     if link is None:
         with kernel_op(ifname, "create bridge", tolerate=(errno.EEXIST,)):
-            ipr.link("add", ifname=ifname, kind="bridge", br_stp_state=0, mtu=mtu)
+            ipr.link("add", ifname=ifname, kind="bridge", br_stp_state=0, br_mcast_snooping=0, mtu=mtu)
         link = require_link(ipr, ifname, "create bridge")
         if link_kind(link) != "bridge":
             raise DataplaneError(f"{ifname}: create bridge: exists with kind {link_kind(link)}")
-    if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_BR_STP_STATE"):
-        with kernel_op(ifname, "disable STP"):
-            ipr.link("set", index=link["index"], kind="bridge", br_stp_state=0)
-    _quiet_port(ipr, link)
+    data = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+    if data is None or data.get("IFLA_BR_STP_STATE") or data.get("IFLA_BR_MCAST_SNOOPING") != 0:
+        # Snooping off. Without an IGMP querier the kernel floods multicast anyway; once a container runs
+        # one, a bridge that has not heard remote members' reports (devices rebuilt, host joined late)
+        # keeps the group from the VXLAN port, so from every other host, until the next query
+        with kernel_op(ifname, "disable STP and multicast snooping"):
+            ipr.link("set", index=link["index"], kind="bridge", br_stp_state=0, br_mcast_snooping=0)
+    _quiet_port(ipr, link, keep_label=host_label(ifname))
     _set_mtu_up(ipr, link, mtu)
     return link
+
+
+def ensure_host_address(ipr: IPRoute, bridge: Link, address: str | None, mac: str | None) -> None:
+    """The bridge holds exactly ``address`` (IPv4 CIDR, labelled host_label; None: no address) and has
+    ``mac`` (None: whatever MAC it has)."""
+    ifname = bridge.get("ifname")
+    wanted = None
+    if address is not None:
+        try:
+            wanted = ipaddress.IPv4Interface(address)
+        except ValueError as exc:
+            raise DataplaneError(f"{ifname}: host address {address!r} is not IPv4 CIDR") from exc
+    if mac is not None and bridge.get("address") != mac.lower():
+        with kernel_op(ifname, f"set address {mac}"):
+            ipr.link("set", index=bridge["index"], address=mac)
+    with kernel_op(ifname, "list addresses"):
+        addresses = ipr.addr("dump", index=bridge["index"])
+    label = host_label(ifname)
+    present = False
+    for addr in addresses:
+        found = (addr.get("IFA_ADDRESS"), addr["prefixlen"], addr.get("IFA_LABEL"))
+        if wanted is not None and found == (str(wanted.ip), wanted.network.prefixlen, label):
+            present = True
+            continue
+        with kernel_op(ifname, f"remove address {found[0]}", tolerate=(errno.EADDRNOTAVAIL,)):
+            ipr.addr("del", index=bridge["index"], address=found[0], prefixlen=found[1])
+    if wanted is not None and not present:
+        broadcast = str(wanted.network.broadcast_address)
+        with kernel_op(ifname, f"add address {wanted}", tolerate=(errno.EEXIST,)):
+            ipr.addr(
+                "add",
+                index=bridge["index"],
+                address=str(wanted.ip),
+                prefixlen=wanted.network.prefixlen,
+                broadcast=broadcast,
+                label=label,
+            )
 
 
 def vxlan_mismatch(link: Link, vni: int, local_ip: str, port: int) -> str | None:
@@ -204,8 +252,9 @@ def _set_mtu_up(ipr: IPRoute, link: Link, mtu: int) -> None:
             ipr.link("set", index=link["index"], state="up")
 
 
-def _quiet_port(ipr: IPRoute, link: Link) -> None:
-    """No addresses, and no IPv6 link-local: the host must not appear on the overlay."""
+def _quiet_port(ipr: IPRoute, link: Link, keep_label: str | None = None) -> None:
+    """No addresses (but one labelled ``keep_label``), and no IPv6 link-local: the host must not appear
+    on the overlay unless exposed."""
     ifname = link.get("ifname")
     inet6 = link.get_nested("IFLA_AF_SPEC", "AF_INET6")
     if inet6 is not None and inet6.get("IFLA_INET6_ADDR_GEN_MODE") != IN6_ADDR_GEN_MODE_NONE:
@@ -216,5 +265,7 @@ def _quiet_port(ipr: IPRoute, link: Link) -> None:
         addresses = ipr.addr("dump", index=link["index"])
     for addr in addresses:
         address = addr.get("IFA_ADDRESS")
+        if keep_label is not None and addr.get("IFA_LABEL") == keep_label:
+            continue
         with kernel_op(ifname, f"remove address {address}", tolerate=(errno.EADDRNOTAVAIL,)):
             ipr.addr("del", index=link["index"], address=address, prefixlen=addr["prefixlen"])

@@ -6,7 +6,9 @@ primitive of kv.py; ``EtcdKV`` and ``SqliteKV`` implement that primitive.
 
 from .kv import KeyValue
 from .model import (
+    CONTAINER_KIND,
     GATEWAY_OWNER,
+    HOST_KIND,
     Compacted,
     Conflict,
     Endpoint,
@@ -23,7 +25,9 @@ from .model import (
 from .store import Store
 
 __all__ = [
+    "CONTAINER_KIND",
     "GATEWAY_OWNER",
+    "HOST_KIND",
     "Compacted",
     "Conflict",
     "Endpoint",

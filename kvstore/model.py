@@ -7,6 +7,8 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 GATEWAY_OWNER = "gateway"
+CONTAINER_KIND = "container"  # Endpoint.kind of a container's endpoint
+HOST_KIND = "host"  # Endpoint.kind of a host's own address on a network (pyoverlay expose)
 
 
 class StoreError(Exception):
@@ -93,6 +95,12 @@ class Endpoint:
     address: str | None = None  # IPv4 in CIDR form (10.0.0.5/24)
     container_name: str = ""  # learned from the local daemon after Join
     aliases: tuple[str, ...] = ()  # the container's other names on this network (--network-alias, …)
+    kind: str = CONTAINER_KIND  # HOST_KIND: the host's own address on the network, on its bridge (no veth)
+
+    @property
+    def address_owner(self) -> str:
+        """Who owns the endpoint's address in the pool: a container's MAC, a host exposure's own id."""
+        return self.endpoint_id if self.kind == HOST_KIND else self.mac
 
     def to_json(self) -> dict[str, Any]:
         return {"v": SCHEMA_VERSION, **asdict(self), "aliases": list(self.aliases)}

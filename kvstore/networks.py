@@ -13,6 +13,7 @@ from .keys import (
     NETWORKS,
     POOLS_INDEX,
     VNIS,
+    address_prefix,
     binding_key,
     bindings_prefix,
     dump,
@@ -22,12 +23,13 @@ from .keys import (
     left_prefix,
     load,
     network_hosts_prefix,
+    owner_prefix,
     pool_key,
     pool_network_key,
     segment,
 )
 from .kv import Delete, Item, Put, absent, prefix_unchanged, present, same_incarnation, unchanged
-from .model import Conflict, Endpoint, Network, NotFound, Pool
+from .model import HOST_KIND, Conflict, Endpoint, Network, NotFound, Pool
 
 
 class NetworkPolicy(IpamPolicy):
@@ -212,7 +214,8 @@ class NetworkPolicy(IpamPolicy):
             hosts_prefix = network_hosts_prefix(network_id)
             bound, hosts_rev = self._kv.range(hosts_prefix, keys_only=True)
             other_binders = [i.key for i in bound if i.key != host_key]
-            theirs = [key for key, e in endpoints if e.host_id != host_id]
+            # another host's exposure (pyoverlay expose) does not keep a network in use: only containers
+            theirs = [key for key, e in endpoints if e.host_id != host_id and e.kind != HOST_KIND]
             # What was read still holds: nothing was added, and the witnesses of "still in use" exist.
             compare += [
                 unchanged(NETWORKS + network_id, current),
@@ -222,8 +225,13 @@ class NetworkPolicy(IpamPolicy):
             in_use = bool(other_binders) if forgetting else bool(other_binders and theirs)
             if in_use:
                 compare.append(present(other_binders[0]))
-                mine = [e.endpoint_id for _, e in endpoints if e.host_id == host_id]
-                success = [*unbind, *self._endpoint_deletion(network_id, mine)]
+                mine = [e for _, e in endpoints if e.host_id == host_id]
+                success = [*unbind, *self._endpoint_deletion(network_id, [e.endpoint_id for e in mine])]
+                pool_id = load(current).get("pool_id")
+                for exposed in (e for e in mine if e.kind == HOST_KIND and pool_id):  # its address goes too
+                    more_compare, more_success = self._address_release(pool_id, exposed.address_owner)
+                    compare += more_compare
+                    success += more_success
                 if not forgetting:
                     compare.append(present(theirs[0]))
                     success.append(Put(mark, dump({})))
@@ -257,6 +265,19 @@ class NetworkPolicy(IpamPolicy):
                 Delete(endpoint_index_key(endpoint_id)),
             )
         ]
+
+    def _address_release(self, pool_id: str, owner: str) -> tuple[list, list]:
+        """Compares and operations that free the address ``owner`` holds in the pool, if any."""
+        owner_key = owner_prefix(pool_id) + owner
+        [held] = self._kv.get(owner_key)
+        if held is None:
+            return [unchanged(owner_key, None)], []
+        address_key = address_prefix(pool_id) + load(held)["address"]
+        [address] = self._kv.get(address_key)
+        ops = [Delete(owner_key)]
+        if address is not None and load(address).get("owner") == owner:
+            ops.append(Delete(address_key))
+        return [unchanged(owner_key, held), unchanged(address_key, address)], ops
 
     def _drop_pool_if_released(self, pool_id: str) -> tuple[list, list]:
         """The pool of a network being deleted goes with it if every holder released it already (they

@@ -187,7 +187,7 @@ class Store(NetworkPolicy):
         return removed
 
     def _forget_endpoint(self, endpoint: Endpoint) -> bool:
-        """Delete the endpoint and free its address (owned by its MAC in the network's pool)."""
+        """Delete the endpoint and free its address (owned by its address_owner in the network's pool)."""
         key = endpoint_key(endpoint.network_id, endpoint.endpoint_id)
         index_key = endpoint_index_key(endpoint.endpoint_id)
 
@@ -200,10 +200,10 @@ class Store(NetworkPolicy):
             if index is not None and load(index)["network_id"] == endpoint.network_id:
                 ops.append(Delete(index_key))
             pool_id = load(network).get("pool_id") if network else None
-            mac = load(current).get("mac", "")
+            owner_id = Endpoint.from_json(load(current)).address_owner  # a MAC, or a host exposure's id
             freed = None
-            if pool_id and mac:
-                owner_key = owner_prefix(pool_id) + mac
+            if pool_id and owner_id:
+                owner_key = owner_prefix(pool_id) + owner_id
                 [owner] = self._kv.get(owner_key)
                 if owner is not None:
                     freed = load(owner)["address"]
@@ -211,7 +211,7 @@ class Store(NetworkPolicy):
                     [address] = self._kv.get(address_key)
                     compares += [unchanged(owner_key, owner), unchanged(address_key, address)]
                     ops.append(Delete(owner_key))
-                    if address is not None and load(address).get("owner") == mac:
+                    if address is not None and load(address).get("owner") == owner_id:
                         ops.append(Delete(address_key))
             if self._txn(compares, ops) is RETRY:
                 return RETRY

@@ -1,5 +1,6 @@
 """The ``pyoverlay`` command: ``serve`` runs the agent and ``stop`` stops it; ``hosts`` and
-``forget-host`` are for operators; ``daemon-config`` prints the daemon setting names need."""
+``forget-host`` are for operators; ``expose`` and ``hide`` give this host an address on a network;
+``daemon-config`` prints the daemon setting names need."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
-from . import pidfile
+from . import cli_expose, pidfile
 from . import settings as settings_mod
 
 STOP_TIMEOUT = 15.0  # seconds; gunicorn gives its worker 5 s to finish, then kills it
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "daemon-config", help="print the daemon.json setting this host's dockerd needs (names across hosts)"
     )
     settings_mod.add_arguments(daemon, ["dns_address"])
+    cli_expose.add_parsers(sub)
     return parser
 
 
@@ -115,6 +117,8 @@ def _operate(args: argparse.Namespace, settings: settings_mod.Settings) -> int:
         cert_key=settings.etcd_key or None,
     )
     try:
+        if args.command in cli_expose.COMMANDS:
+            return cli_expose.run(args, settings, store)
         if args.command == "hosts":
             alive = {h.host_id: h for h in store.list_hosts()}
             endpoints = Counter(e.host_id for e in store.list_endpoints())

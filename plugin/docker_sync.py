@@ -22,7 +22,7 @@ from typing import Any
 import docker
 from docker.types import IPAMConfig, IPAMPool
 
-from kvstore import Endpoint, Network, NotFound, Store, StoreError
+from kvstore import HOST_KIND, Endpoint, Network, NotFound, Store, StoreError
 
 from .containers import (
     GATEWAY_BRIDGE,
@@ -220,7 +220,7 @@ class DockerSync:
         plugin was disabled when the container stopped) are removed with their address, once they have
         looked so for STALE_SECONDS. CreateEndpoint writes the record before the veth: records are read
         before links, and the grace period covers a request in flight."""
-        own = list(view.endpoints.values())
+        own = [e for e in view.endpoints.values() if e.kind != HOST_KIND]  # an exposure has no veth
         prefixes = self.local_endpoint_prefixes()
         now = time.monotonic()
         stale = {

@@ -20,7 +20,7 @@ from typing import Any
 
 from driver import Dataplane, DataplaneError
 from driver.peers import Peer, desired_state, diff
-from kvstore import Endpoint, Event, Network, NotFound, Store, StoreError
+from kvstore import HOST_KIND, Endpoint, Event, Network, NotFound, Store, StoreError
 
 from .names import NameIndex
 
@@ -37,6 +37,12 @@ def remote_peers(host_id: str, endpoints: dict[str, Endpoint]) -> list[Peer]:
         for e in endpoints.values()
         if e.host_id != host_id
     ]
+
+
+def own_host_address(host_id: str, endpoints: dict[str, Endpoint]) -> tuple[str, str] | None:
+    """(address, MAC) of this host's exposure on the network (pyoverlay expose), or None."""
+    exposed = [e for e in endpoints.values() if e.host_id == host_id and e.kind == HOST_KIND and e.address]
+    return (exposed[0].address, exposed[0].mac) if exposed else None
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class EventLoop:
         self._retry_at, self._retry_delay = 0.0, RETRY_MIN
         self._view_lock = threading.Lock()
         self.names = NameIndex()  # the name service's view of the networks bound here
+        self._host_addresses: dict[str, tuple[str, str] | None] = {}  # network_id -> as last ensured
 
     # -- inputs, from any thread --------------------------------------------------------------------
     def kick(self, network_id: str = "") -> None:
@@ -228,6 +235,7 @@ class EventLoop:
         with self._view_lock:
             self.endpoints.pop(network_id, None)
         self.names.drop(network_id)
+        self._host_addresses.pop(network_id, None)  # goes with the bridge
         self.collect_devices()
 
     def _apply(self, scope: str, events: list[Event]) -> None:
@@ -299,8 +307,8 @@ class EventLoop:
                 log.warning("VNI %d: %s", vni, exc)
 
     def sync(self, network_id: str, ensure: bool = False) -> None:
-        """Program the network's remote peers; a failure is logged, and the next event for the network
-        or the next resync tries again."""
+        """Program the network's remote peers and this host's own address on it (pyoverlay expose); a
+        failure is logged, and the next event for the network or the next resync tries again."""
         network = self.networks.get(network_id)
         endpoints = self.endpoints.get(network_id)
         if network is None or endpoints is None:
@@ -313,5 +321,9 @@ class EventLoop:
             changes = diff(desired, self.dataplane.read_peers(network.vni))
             for error in self.dataplane.apply_peers(network.vni, changes):
                 log.warning("network %s: %s", network.name or network_id[:12], error)
+            host_address = own_host_address(self.host_id, endpoints)
+            if ensure or self._host_addresses.get(network_id) != host_address:
+                self.dataplane.ensure_host_address(network.vni, *(host_address or (None, None)))
+                self._host_addresses[network_id] = host_address
         except DataplaneError as exc:
             log.warning("network %s: %s", network.name or network_id[:12], exc)

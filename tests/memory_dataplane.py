@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 from driver import DataplaneError, PeerChanges, PeerState
-from driver.names import check_vni
+from driver.names import check_vni, veth_names
 
 
 class MemoryDataplane:
@@ -15,6 +15,7 @@ class MemoryDataplane:
         self.networks: dict[int, dict[str, object]] = {}  # vni -> settings
         self.endpoints: dict[str, tuple[int, str, int]] = {}  # endpoint id -> (vni, mac, mtu)
         self.peers: dict[int, PeerState] = {}
+        self.host_addresses: dict[int, tuple[str, str]] = {}  # vni -> (address CIDR, MAC): exposed here
         self.calls: list[tuple[str, object]] = []  # (method, main argument), in order
         self.fail_vnis: set[int] = set()  # ensure_network on these raises, as a kernel error would
         self._lock = threading.Lock()
@@ -33,12 +34,32 @@ class MemoryDataplane:
             self.calls.append(("delete_network", vni))
             self.networks.pop(vni, None)
             self.peers.pop(vni, None)  # veths stay, detached, as in the kernel
+            self.host_addresses.pop(vni, None)
+
+    def ensure_host_address(self, vni: int, address: str | None, mac: str | None = None) -> None:
+        with self._lock:
+            if vni not in self.networks:
+                raise DataplaneError(f"VNI {vni}: set host address: bridge not found")
+            wanted = (address, mac or "") if address is not None else None
+            if self.host_addresses.get(vni) != wanted:
+                self.calls.append(("ensure_host_address", (vni, address)))
+            if wanted is None:
+                self.host_addresses.pop(vni, None)
+            else:
+                self.host_addresses[vni] = wanted
+
+    def host_address(self, vni: int) -> tuple[str, str] | None:
+        with self._lock:
+            if vni not in self.networks:
+                raise DataplaneError(f"VNI {vni}: read host address: bridge not found")
+            return self.host_addresses.get(vni)
 
     def network_vnis(self) -> set[int]:
         with self._lock:
             return set(self.networks)
 
     def ensure_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
+        veth_names(endpoint_id)  # ValueError for an id no veth can be named after, as in the kernel
         with self._lock:
             self.calls.append(("ensure_endpoint", endpoint_id))
             if vni not in self.networks:
@@ -47,6 +68,7 @@ class MemoryDataplane:
         return f"poc{endpoint_id[:12]}"
 
     def delete_endpoint(self, endpoint_id: str) -> None:
+        veth_names(endpoint_id)
         with self._lock:
             self.calls.append(("delete_endpoint", endpoint_id))
             self.endpoints.pop(endpoint_id, None)

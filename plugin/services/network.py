@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from driver import Dataplane, DataplaneError
-from kvstore import Endpoint, Network, NotFound, Store
+from kvstore import HOST_KIND, Endpoint, Network, NotFound, Store
 
 from ..errors import BadRequest, UnknownObject
 from ..messages import MTU_OPTION, CreateEndpointRequest, CreateNetworkRequest, EndpointRequest
@@ -127,7 +127,8 @@ class NetworkService:
             self.store.delete_network(self.host_id, docker_network_id)
             self.on_change("")
             return
-        endpoints = self.store.list_endpoints(network.network_id)
+        # a host's exposure (pyoverlay expose) has no veth and keeps no network: the store drops it
+        endpoints = [e for e in self.store.list_endpoints(network.network_id) if e.kind != HOST_KIND]
         for endpoint in endpoints:
             if endpoint.host_id == self.host_id:
                 # Docker only deletes networks without endpoints: these are leftovers of a crash, whose

@@ -54,6 +54,8 @@ def test_endpoints_need_their_network_and_outlive_it(plane) -> None:
     assert plane.endpoint_ids_prefixes() == {ENDPOINT[:12]}  # a veth outlives its bridge
     plane.delete_endpoint(ENDPOINT)
     assert plane.endpoint_ids_prefixes() == set()
+    with pytest.raises(ValueError):  # no veth can be named after it (a host exposure's id, say)
+        plane.delete_endpoint("host-0123456789abcdef-" + "ab" * 32)
 
 
 def test_peers_round_trip_and_need_the_device(plane) -> None:
@@ -68,4 +70,29 @@ def test_peers_round_trip_and_need_the_device(plane) -> None:
     fewer = desired_state(PEERS[:1], {PEERS[0].vtep})
     assert plane.apply_peers(TEST_VNI, diff(fewer, plane.read_peers(TEST_VNI))) == []
     assert plane.read_peers(TEST_VNI) == fewer
+    plane.delete_network(TEST_VNI)
+
+
+def test_host_address_is_exact_idempotent_outlives_ensure_network_and_goes_with_the_bridge(plane) -> None:
+    exposed, mac = "10.1.0.254/24", "02:42:0a:01:00:fe"
+    with pytest.raises(DataplaneError):
+        plane.ensure_host_address(TEST_VNI, exposed, mac)
+    plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
+    assert plane.host_address(TEST_VNI) is None
+    plane.ensure_host_address(TEST_VNI, exposed, mac)
+    plane.ensure_host_address(TEST_VNI, exposed, mac)
+    assert plane.host_address(TEST_VNI) == (exposed, mac)
+    plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")  # what handlers and resyncs call: keeps it
+    assert plane.host_address(TEST_VNI) == (exposed, mac)
+    plane.ensure_host_address(TEST_VNI, "10.1.0.253/24", "02:42:0a:01:00:fd")  # replaced, not added
+    assert plane.host_address(TEST_VNI) == ("10.1.0.253/24", "02:42:0a:01:00:fd")
+    plane.ensure_host_address(TEST_VNI, None)
+    plane.ensure_host_address(TEST_VNI, None)
+    assert plane.host_address(TEST_VNI) is None
+    plane.ensure_host_address(TEST_VNI, exposed, mac)
+    plane.delete_network(TEST_VNI)
+    with pytest.raises(DataplaneError):
+        plane.host_address(TEST_VNI)
+    plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
+    assert plane.host_address(TEST_VNI) is None
     plane.delete_network(TEST_VNI)
