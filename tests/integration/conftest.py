@@ -129,6 +129,13 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
 @pytest.fixture(params=["embedded", "etcd"])
 def agent(request: pytest.FixtureRequest, netns_host: NetnsHost) -> Iterator[AgentProcess]:
     """The agent on the embedded store, then on etcd (its own key prefix is wiped before each test)."""
+    yield from agent_on_store(request, netns_host)
+
+
+def agent_on_store(
+    request: pytest.FixtureRequest, netns_host: NetnsHost, stop_signal: int = signal.SIGTERM
+) -> Iterator[AgentProcess]:
+    """An agent on the store the fixture's param names, stopped (and its log shown) after the test."""
     etcd = ""
     if request.param == "etcd":
         server: EtcdServer = request.getfixturevalue("etcd_server")
@@ -139,5 +146,5 @@ def agent(request: pytest.FixtureRequest, netns_host: NetnsHost) -> Iterator[Age
     try:
         yield proc
     finally:
-        proc.stop()
+        proc.stop(stop_signal)
         print(proc.log.read_text()[-4000:])

@@ -17,7 +17,7 @@ from driver.names import bridge_name
 from tests.lab.system import wait_until
 from tests.netlink.nsutil import ping
 
-from .conftest import PYOVERLAY, AgentProcess, EtcdServer, NetnsHost
+from .conftest import PYOVERLAY, AgentProcess, NetnsHost, agent_on_store
 from .test_api import create_network
 
 pytestmark = pytest.mark.integration
@@ -29,18 +29,7 @@ def agent(
 ) -> Iterator[AgentProcess]:
     # No daemon: Docker sync must neither touch this machine's dockerd nor sweep the binding made here
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-dockerd.sock")
-    etcd = ""
-    if request.param == "etcd":
-        server: EtcdServer = request.getfixturevalue("etcd_server")
-        server.etcdctl("del", "--prefix", "/pyoverlay/")
-        etcd = server.endpoint
-    proc = AgentProcess(netns_host, etcd)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop(signal.SIGKILL)
-        print(proc.log.read_text()[-3000:])
+    yield from agent_on_store(request, netns_host, signal.SIGKILL)
 
 
 def pyoverlay(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:

@@ -3,6 +3,7 @@ embedded store, and stop's handling of PID files (with stand-in processes, no ro
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -48,8 +49,9 @@ def test_serve_help_shows_every_setting(capsys) -> None:
     assert flags_in_help(capsys, "serve") == {"--" + f.name.replace("_", "-") for f in fields(Settings)}
 
 
-@pytest.mark.parametrize("command", ["hosts", "forget-host"])
+@pytest.mark.parametrize("command", ["hosts", "forget-host", "expose", "hide"])
 def test_operator_commands_show_only_the_store_settings(capsys, command: str) -> None:
+    extra = {"--ip"} if command == "expose" else set()
     assert flags_in_help(capsys, command) == {
         "--etcd-endpoints",
         "--etcd-ca-cert",
@@ -57,7 +59,15 @@ def test_operator_commands_show_only_the_store_settings(capsys, command: str) ->
         "--etcd-key",
         "--state-dir",
         "--log-level",
+        *extra,
     }
+
+
+def test_daemon_config_prints_the_dns_setting(capsys) -> None:
+    assert cli.main(["daemon-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"dns": ["169.254.53.53"]}
+    assert cli.main(["daemon-config", "--dns-address", ""]) == 0  # no name service: nothing needed
+    assert json.loads(capsys.readouterr().out) == {}
 
 
 def test_stop_help_shows_only_the_state_dir(capsys) -> None:

@@ -11,7 +11,7 @@ import pytest
 from kvstore import GATEWAY_OWNER, Host, Network, open_store
 from plugin.settings import Settings
 
-from .test_cli import flags_in_help, run
+from .test_cli import run
 
 SUBNET = "10.40.0.0/24"
 
@@ -39,20 +39,6 @@ def state(tmp_path: Path) -> str:
     store.close()
     (state / "host-id").write_text("me1\n")
     return str(state)
-
-
-@pytest.mark.parametrize("command", ["expose", "hide"])
-def test_help_shows_the_store_settings(capsys, command: str) -> None:
-    extra = {"--ip"} if command == "expose" else set()
-    assert flags_in_help(capsys, command) == {
-        "--etcd-endpoints",
-        "--etcd-ca-cert",
-        "--etcd-cert",
-        "--etcd-key",
-        "--state-dir",
-        "--log-level",
-        *extra,
-    }
 
 
 def test_expose_prints_the_address_again_and_hide_frees_it(state: str, capsys) -> None:
