@@ -7,6 +7,7 @@ primitive of kv.py; ``EtcdKV`` and ``SqliteKV`` implement that primitive.
 from .kv import KeyValue
 from .model import (
     GATEWAY_OWNER,
+    REQUEST_OWNER_PREFIX,
     Compacted,
     Conflict,
     Endpoint,
@@ -24,6 +25,7 @@ from .store import Store
 
 __all__ = [
     "GATEWAY_OWNER",
+    "REQUEST_OWNER_PREFIX",
     "Compacted",
     "Conflict",
     "Endpoint",

@@ -7,6 +7,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 GATEWAY_OWNER = "gateway"
+REQUEST_OWNER_PREFIX = "request-"  # owns an address requested without a MAC, until adopt_address
 
 
 class StoreError(Exception):
