@@ -16,7 +16,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_NOARP, NUD_PERMANENT
 
-from . import firewall
+from . import announce, firewall
 from .errors import DataplaneError
 from .links import (
     delete_link,
@@ -41,6 +41,7 @@ from .peers import FLOOD_MAC, PeerChanges, PeerState, normalize_mac
 __all__ = ["Dataplane", "DataplaneError"]
 
 SOCKET_USES = 500  # accesses of a thread's IPRoute before it is replaced
+ANNOUNCE_AGAIN = (0.5, 2.0)  # seconds after the first announcement: neighbours that missed it, a veth moving
 _FDB_FLAGS = NTF_SELF  # on the VXLAN device itself; without it the entry lands in the bridge's table
 _FDB_STATE = NUD_PERMANENT | NUD_NOARP
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -63,8 +64,9 @@ def open_iproute(netns: str | None) -> IPRoute:
 class Dataplane:
     """Kernel operations for one host (or one test namespace)."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, announce_again: tuple[float, ...] = ANNOUNCE_AGAIN) -> None:
         self.netns = netns
+        self.announce_again = announce_again
         self._local = threading.local()
         self._sockets: list[tuple[int, IPRoute]] = []
         self._sockets_lock = threading.Lock()
@@ -148,6 +150,16 @@ class Dataplane:
         host, container = veth_names(endpoint_id)
         delete_link(self._ipr, host)
         delete_link(self._ipr, container)
+
+    def announce(self, vni: int, ip: str, mac: str) -> None:
+        """Broadcast a gratuitous ARP (ip is at mac) on the network's bridge, now and a few times more
+        shortly after: neighbours on this host that cached another MAC for ip update their entry."""
+        ifname = bridge_name(vni)
+        require_link(self._ipr, ifname, f"announce {ip} at {mac}")
+        with kernel_op(ifname, f"announce {ip} at {mac}"):
+            frame = announce.garp_frame(ip, mac)
+            announce.send_frame(self.netns, ifname, frame)
+        announce.send_later(self.netns, ifname, frame, self.announce_again)
 
     def endpoint_ids_prefixes(self) -> set[str]:
         """The 12-character endpoint ID prefixes of the host-side veths that exist here."""
