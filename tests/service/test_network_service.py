@@ -271,3 +271,17 @@ def test_join_answers_the_interface_name_and_oper_info_the_record(host_a: Host):
     assert info == {"MacAddress": mac, "Address": address, "VTEP": "192.0.2.1", "Host": "host-a"}
     with pytest.raises(UnknownObject, match="not known to pyoverlay"):
         host_a.network.join(ids(net.docker_id, new_id()))
+
+
+def test_join_announces_the_endpoint_and_a_failed_announcement_does_not_fail_it(host_a: Host, monkeypatch):
+    net = host_a.create_network("10.30.0.0/24")
+    endpoint_id, address, mac = host_a.create_endpoint(net)
+    host_a.network.join(ids(net.docker_id, endpoint_id))
+    assert host_a.dp.announced == [(VNI_MIN, address.split("/")[0], mac)]
+
+    def broken(vni: int, ip: str, mac: str) -> None:
+        raise DataplaneError(f"pobr{vni}: announce {ip} at {mac}: [errno 19] No such device")
+
+    monkeypatch.setattr(host_a.dp, "announce", broken)
+    answer = host_a.network.join(ids(net.docker_id, endpoint_id))  # resent by Docker: still answered
+    assert answer == {"InterfaceName": {"SrcName": f"poc{endpoint_id[:12]}", "DstPrefix": "eth"}}
