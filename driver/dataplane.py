@@ -14,7 +14,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_NOARP, NUD_PERMANENT
+from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PERMANENT
 
 from . import announce, firewall
 from .errors import DataplaneError
@@ -143,7 +143,25 @@ class Dataplane:
         host, container = veth_names(endpoint_id)
         bridge = require_link(self._ipr, bridge_name(vni), f"attach endpoint {host} (ensure the network)")
         ensure_veth(self._ipr, host, container, mac, mtu, bridge)
+        self._forget_learned(bridge, mac, require_link(self._ipr, host, "look up port")["index"])
         return container
+
+    def _forget_learned(self, bridge: Any, mac: str, port: int) -> None:
+        """Drop what the bridge learned of mac on another port: a MAC that was remote (the same IP on
+        another host, announced or seen through the VXLAN port) would keep black-holing the new local
+        endpoint until it ages out. Unknown, the bridge floods frames for it until it learns the port."""
+        ifname = bridge.get("ifname")
+        with kernel_op(ifname, "dump fdb"):
+            entries = self._ipr.fdb("dump", master=bridge["index"])
+        for entry in entries:
+            if (
+                normalize_mac(entry.get("NDA_LLADDR") or "") == normalize_mac(mac)
+                and entry["ifindex"] != port
+                and not entry.get("NDA_DST")
+                and not entry["state"] & (NUD_PERMANENT | NUD_NOARP)
+            ):
+                with kernel_op(ifname, f"forget {mac} learned elsewhere", tolerate=(errno.ENOENT,)):
+                    self._ipr.fdb("del", ifindex=entry["ifindex"], lladdr=mac, flags=NTF_MASTER)
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         """Remove an endpoint's veth pair (deleting one side removes the other, wherever it is)."""

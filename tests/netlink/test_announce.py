@@ -88,3 +88,16 @@ def test_a_remote_endpoint_announced_is_learned_only_behind_the_vxlan_device(ben
     # the only frame with the MAC the bridge receives, on the VXLAN port: never the neighbour's port
     assert learned_ports(bench, NEW_MAC) <= {vxlan_name(VNI)}
     assert bench.neighbour_port not in learned_ports(bench, NEW_MAC)
+
+
+def test_a_mac_learned_behind_the_vxlan_device_is_forgotten_when_it_becomes_local(bench: Bench) -> None:
+    # the IP was on another host (announced here: learned on the VXLAN port); now it comes back here
+    peers = desired_state([Peer(NEW_MAC, IP, "192.0.2.2")], ["192.0.2.2"])
+    assert bench.dataplane.apply_peers(VNI, diff(peers, PeerState())) == []
+    bench.dataplane.announce(VNI, IP, NEW_MAC)
+    assert wait_for_mac(bench, NEW_MAC) == NEW_MAC
+    assert learned_ports(bench, NEW_MAC) == {vxlan_name(VNI)}
+    assert bench.dataplane.apply_peers(VNI, diff(PeerState(), bench.dataplane.read_peers(VNI))) == []
+    bench.dataplane.ensure_endpoint(VNI, "test" + NEW_MAC.replace(":", "") * 5, NEW_MAC, 1450)
+    # else frames for the MAC arriving over VXLAN would be dropped (sent back to their ingress port)
+    assert learned_ports(bench, NEW_MAC) == set()
