@@ -14,9 +14,9 @@ from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_NOARP, NUD_PERMANENT
+from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PERMANENT
 
-from . import firewall
+from . import announce, firewall
 from .errors import DataplaneError
 from .links import (
     delete_link,
@@ -43,6 +43,7 @@ from .peers import FLOOD_MAC, PeerChanges, PeerState, normalize_mac
 __all__ = ["Dataplane", "DataplaneError"]
 
 SOCKET_USES = 500  # accesses of a thread's IPRoute before it is replaced
+ANNOUNCE_AGAIN = (0.5, 2.0)  # seconds after the first announcement: neighbours that missed it, a veth moving
 _FDB_FLAGS = NTF_SELF  # on the VXLAN device itself; without it the entry lands in the bridge's table
 _FDB_STATE = NUD_PERMANENT | NUD_NOARP
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -65,8 +66,9 @@ def open_iproute(netns: str | None) -> IPRoute:
 class Dataplane:
     """Kernel operations for one host (or one test namespace)."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, announce_again: tuple[float, ...] = ANNOUNCE_AGAIN) -> None:
         self.netns = netns
+        self.announce_again = announce_again
         self._local = threading.local()
         self._sockets: list[tuple[int, IPRoute]] = []
         self._sockets_lock = threading.Lock()
@@ -169,13 +171,41 @@ class Dataplane:
         host, container = veth_names(endpoint_id)
         bridge = require_link(self._ipr, bridge_name(vni), f"attach endpoint {host} (ensure the network)")
         ensure_veth(self._ipr, host, container, mac, mtu, bridge)
+        self._forget_learned(bridge, mac, require_link(self._ipr, host, "look up port")["index"])
         return container
+
+    def _forget_learned(self, bridge: Any, mac: str, port: int) -> None:
+        """Drop what the bridge learned of mac on another port: a MAC that was remote (the same IP on
+        another host, announced or seen through the VXLAN port) would keep black-holing the new local
+        endpoint until it ages out. Unknown, the bridge floods frames for it until it learns the port."""
+        ifname = bridge.get("ifname")
+        with kernel_op(ifname, "dump fdb"):
+            entries = self._ipr.fdb("dump", master=bridge["index"])
+        for entry in entries:
+            if (
+                normalize_mac(entry.get("NDA_LLADDR") or "") == normalize_mac(mac)
+                and entry["ifindex"] != port
+                and not entry.get("NDA_DST")
+                and not entry["state"] & (NUD_PERMANENT | NUD_NOARP)
+            ):
+                with kernel_op(ifname, f"forget {mac} learned elsewhere", tolerate=(errno.ENOENT,)):
+                    self._ipr.fdb("del", ifindex=entry["ifindex"], lladdr=mac, flags=NTF_MASTER)
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         """Remove an endpoint's veth pair (deleting one side removes the other, wherever it is)."""
         host, container = veth_names(endpoint_id)
         delete_link(self._ipr, host)
         delete_link(self._ipr, container)
+
+    def announce(self, vni: int, ip: str, mac: str) -> None:
+        """Broadcast a gratuitous ARP (ip is at mac) on the network's bridge, now and a few times more
+        shortly after: neighbours on this host that cached another MAC for ip update their entry."""
+        ifname = bridge_name(vni)
+        require_link(self._ipr, ifname, f"announce {ip} at {mac}")
+        with kernel_op(ifname, f"announce {ip} at {mac}"):
+            frame = announce.garp_frame(ip, mac)
+            announce.send_frame(self.netns, ifname, frame)
+        announce.send_later(self.netns, ifname, frame, self.announce_again)
 
     def endpoint_ids_prefixes(self) -> set[str]:
         """The 12-character endpoint ID prefixes of the host-side veths that exist here."""

@@ -37,7 +37,7 @@ from .kv import (
     same_incarnation,
     unchanged,
 )
-from .model import GATEWAY_OWNER, Conflict, Exhausted, NotFound, Pool, StoreUnavailable
+from .model import GATEWAY_OWNER, REQUEST_OWNER_PREFIX, Conflict, Exhausted, NotFound, Pool, StoreUnavailable
 
 T = TypeVar("T")
 MAX_ATTEMPTS = 64
@@ -275,6 +275,35 @@ class IpamPolicy:
             return None
 
         self._retry(f"releasing address {address}", attempt)
+
+    def adopt_address(self, pool_id: str, address: str, host_id: str, owner: str) -> bool:
+        """Hand the address this host reserved under a request key (REQUEST_OWNER_PREFIX: Docker sent no
+        MAC) to ``owner``, the endpoint's MAC, as if Docker had sent it: forget_host and Docker sync find
+        an endpoint's address by its MAC. Returns whether ``owner`` holds the address now (False if it is
+        free, the gateway, another owner's, or ``owner`` holds another address of the pool)."""
+        held_address = str(alloc.parse_address(address))
+        key = address_prefix(pool_id) + held_address
+        owner_key = owner_prefix(pool_id) + owner
+
+        def attempt(_: int) -> Any:
+            current, owner_kv = self._kv.get(key, owner_key)
+            held = load(current) if current is not None else {}
+            if held.get("owner") == owner:
+                return True  # a resent CreateEndpoint, or Docker sent the MAC
+            if (
+                not str(held.get("owner", "")).startswith(REQUEST_OWNER_PREFIX)
+                or held.get("host_id") != host_id
+                or owner_kv is not None
+            ):
+                return False
+            ops = [
+                Put(key, dump({"owner": owner, "host_id": host_id})),
+                Put(owner_key, dump({"address": held_address})),
+                Delete(owner_prefix(pool_id) + held["owner"]),
+            ]
+            return RETRY if self._txn([unchanged(key, current), absent(owner_key)], ops) is RETRY else True
+
+        return self._retry(f"adopting address {address}", attempt)
 
     def list_addresses(self, pool_id: str) -> dict[str, str]:
         """address -> owner, for every reserved address of the pool (empty for an unknown pool)."""

@@ -9,6 +9,7 @@ SCHEMA_VERSION = 1
 GATEWAY_OWNER = "gateway"
 CONTAINER_KIND = "container"  # Endpoint.kind of a container's endpoint
 HOST_KIND = "host"  # Endpoint.kind of a host's own address on a network (pyoverlay expose)
+REQUEST_OWNER_PREFIX = "request-"  # owns an address requested without a MAC, until adopt_address
 
 
 class StoreError(Exception):

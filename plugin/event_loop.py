@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,13 +30,21 @@ NETWORKS, BINDINGS, ENDPOINTS = "networks", "bindings", "endpoints/"  # scopes; 
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
 
 
+def _ip(endpoint: Endpoint) -> str | None:
+    return endpoint.address.split("/")[0] if endpoint.address else None
+
+
 def remote_peers(host_id: str, endpoints: dict[str, Endpoint]) -> list[Peer]:
     """Endpoints on other hosts, as the dataplane programs them."""
-    return [
-        Peer(mac=e.mac, ip=e.address.split("/")[0] if e.address else None, vtep=e.vtep)
-        for e in endpoints.values()
-        if e.host_id != host_id
-    ]
+    return [Peer(mac=e.mac, ip=_ip(e), vtep=e.vtep) for e in endpoints.values() if e.host_id != host_id]
+
+
+def _announces(host_id: str, before: Endpoint | None, after: Endpoint) -> bool:
+    """Whether a watch event makes this host announce a remote endpoint: it appeared with an IPv4
+    address, or its IP-to-MAC mapping changed."""
+    if after.host_id == host_id or not after.address:
+        return False
+    return before is None or (_ip(before), before.mac) != (_ip(after), after.mac)
 
 
 def own_host_address(host_id: str, endpoints: dict[str, Endpoint]) -> tuple[str, str] | None:
@@ -239,6 +247,7 @@ class EventLoop:
         self.collect_devices()
 
     def _apply(self, scope: str, events: list[Event]) -> None:
+        announce: dict[str, Endpoint] = {}  # remote endpoints that appeared or changed IP or MAC
         with self._view_lock:
             for event in events:
                 if scope == NETWORKS:
@@ -256,6 +265,8 @@ class EventLoop:
                     if endpoints is None:
                         continue
                     if isinstance(event.record, Endpoint):
+                        if _announces(self.host_id, endpoints.get(event.key_id), event.record):
+                            announce[event.key_id] = event.record
                         endpoints[event.key_id] = event.record
                     else:
                         endpoints.pop(event.key_id, None)
@@ -271,6 +282,7 @@ class EventLoop:
         else:
             self._index_names(scope[len(ENDPOINTS) :])
             self.sync(scope[len(ENDPOINTS) :])  # at once: convergence time is what users feel
+            self._announce(scope[len(ENDPOINTS) :], announce.values())
 
     def _index_names(self, network_id: str) -> None:
         endpoints = self.endpoints.get(network_id)
@@ -281,6 +293,21 @@ class EventLoop:
         self.names.update(network_id, network.name if network else "", list(endpoints.values()))
 
     # -- the kernel ---------------------------------------------------------------------------------
+    def _announce(self, network_id: str, endpoints: Iterable[Endpoint]) -> None:
+        """Announce remote endpoints on this host's bridge (after sync programmed them): the VXLAN
+        device answers ARP itself, so the announcement of the endpoint's own host never gets here."""
+        network = self.networks.get(network_id)
+        if network is None:
+            return
+        for endpoint in endpoints:
+            ip = _ip(endpoint)
+            if ip is None:
+                continue
+            try:
+                self.dataplane.announce(network.vni, ip, endpoint.mac)
+            except DataplaneError as exc:
+                log.warning("network %s: %s", network.name or network_id[:12], exc)
+
     def collect_devices(self) -> None:
         """Remove the devices of networks no longer bound here (removed on another host, or while the agent
         was down). Devices are listed before bindings are read from the store: a network being created

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 
 from driver import DataplaneError, PeerChanges, PeerState
+from driver.announce import garp_frame
 from driver.names import check_vni, veth_names
 
 
@@ -17,6 +18,7 @@ class MemoryDataplane:
         self.peers: dict[int, PeerState] = {}
         self.host_addresses: dict[int, tuple[str, str]] = {}  # vni -> (address CIDR, MAC): exposed here
         self.calls: list[tuple[str, object]] = []  # (method, main argument), in order
+        self.announced: list[tuple[int, str, str]] = []  # (vni, ip, mac) of every announce, in order
         self.fail_vnis: set[int] = set()  # ensure_network on these raises, as a kernel error would
         self._lock = threading.Lock()
 
@@ -72,6 +74,17 @@ class MemoryDataplane:
         with self._lock:
             self.calls.append(("delete_endpoint", endpoint_id))
             self.endpoints.pop(endpoint_id, None)
+
+    def announce(self, vni: int, ip: str, mac: str) -> None:
+        with self._lock:
+            self.calls.append(("announce", ip))
+            if vni not in self.networks:
+                raise DataplaneError(f"VNI {vni}: announce {ip} at {mac}: bridge not found")
+            try:
+                garp_frame(ip, mac)  # a malformed address fails as in the kernel dataplane
+            except ValueError as exc:
+                raise DataplaneError(f"VNI {vni}: announce {ip} at {mac}: {exc}") from exc
+            self.announced.append((vni, ip, mac))
 
     def endpoint_ids_prefixes(self) -> set[str]:
         with self._lock:

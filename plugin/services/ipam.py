@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import secrets
 from dataclasses import dataclass
 
-from kvstore import GATEWAY_OWNER, NotFound, Store
+from kvstore import GATEWAY_OWNER, REQUEST_OWNER_PREFIX, NotFound, Store
 
 from ..errors import BadRequest, ConflictError
-from ..messages import MAC_OPTION, ReleaseAddressRequest, RequestAddressRequest, RequestPoolRequest
+from ..messages import ReleaseAddressRequest, RequestAddressRequest, RequestPoolRequest
 
 ADDRESS_SPACE = "pyoverlay"
 
@@ -21,9 +22,10 @@ class IpamService:
     default_pool_size: int
 
     def capabilities(self) -> dict[str, bool]:
-        # MAC in RequestAddress = an idempotency key for retried requests. No replay: the store is durable,
-        # and replaying every address on daemon start would only re-confirm what it already holds.
-        return {"RequiresMACAddress": True, "RequiresRequestReplay": False}
+        # No MAC: Docker would make up a random one, put it on the container and forbid the network driver
+        # to answer another, so a MAC derived from the address (stable across reconnects) needs it off.
+        # No replay: the store is durable; replaying every address would only re-confirm what it holds.
+        return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
 
     def default_address_spaces(self) -> dict[str, str]:
         return {"LocalDefaultAddressSpace": ADDRESS_SPACE, "GlobalDefaultAddressSpace": ADDRESS_SPACE}
@@ -69,12 +71,11 @@ class IpamService:
         if req.is_gateway:
             owner = GATEWAY_OWNER
         elif req.mac:
-            owner = req.mac
-        elif req.address:
-            owner = f"static:{req.address}"  # e.g. --aux-address: the address itself is the key
+            owner = req.mac  # a key that makes a resent request idempotent, from a Docker that sends one
         else:
-            # without a key a resent request would take a second address
-            raise BadRequest(f"RequestAddress needs a MAC address ({MAC_OPTION}) or an Address")
+            # Docker (< 29) sends no key without RequiresMACAddress: each request owns its address, so a
+            # second container asking for a taken --ip gets a conflict (a resent request does too)
+            owner = REQUEST_OWNER_PREFIX + secrets.token_hex(8)  # until CreateEndpoint adopts it
         address = self.store.reserve_address(pool.pool_id, owner, self.host_id, req.address)
         prefixlen = ipaddress.IPv4Network(pool.subnet).prefixlen
         return {"Address": f"{address}/{prefixlen}", "Data": {}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,7 +167,8 @@ class NetworkService:
             raise BadRequest(f"endpoint {req.endpoint_id[:12]} on network {name} has no IPv4 address")
         if req.address and network.subnet and req.address.network.with_prefixlen != network.subnet:
             raise BadRequest(f"address {req.address} is not in network {name}'s subnet {network.subnet}")
-        mac = req.mac or mac_for(req.endpoint_id)
+        # user-set (--mac-address) or derived: IPAM asks for no MAC, so Docker sends one only if set
+        mac = req.mac or (mac_for_address(req.address) if req.address else mac_for(req.endpoint_id))
         endpoint = Endpoint(
             endpoint_id=req.endpoint_id,
             network_id=network.network_id,
@@ -182,6 +184,9 @@ class NetworkService:
         if current is not None and _identity(current) != _identity(endpoint):
             raise BadRequest(f"endpoint {req.endpoint_id[:12]} exists with other settings")
         if current is None:
+            if network.pool_id and req.address:
+                # the IPAM got no MAC: the address becomes the MAC's, as forget_host and Docker sync expect
+                self.store.adopt_address(network.pool_id, str(req.address.ip), self.host_id, mac)
             self.store.put_endpoint(endpoint)
         mtu = self.mtu_for(network)
         try:
@@ -223,6 +228,12 @@ class NetworkService:
         container_side = self.dataplane.ensure_endpoint(
             network.vni, endpoint.endpoint_id, endpoint.mac, self.mtu_for(network)
         )
+        if endpoint.address:
+            # neighbours on this host that cached another MAC for the address update it at once
+            try:
+                self.dataplane.announce(network.vni, endpoint.address.split("/")[0], endpoint.mac)
+            except DataplaneError as exc:
+                log.warning("endpoint %s: %s", endpoint.endpoint_id[:12], exc)
         # No Gateway: Docker then attaches docker_gwbridge for outbound NAT and -p publishing.
         return {"InterfaceName": {"SrcName": container_side, "DstPrefix": "eth"}}
 
@@ -242,7 +253,15 @@ def _identity(endpoint: Endpoint) -> tuple[str, str, str, str | None]:
     return (endpoint.network_id, endpoint.host_id, endpoint.mac, endpoint.address)
 
 
+def mac_for_address(address: ipaddress.IPv4Interface | ipaddress.IPv4Address) -> str:
+    """02:42 and the four bytes of the IPv4 address, as Docker's bridge and overlay drivers derive it: the
+    same IP gets the same MAC on every host and every reuse, so neighbours' ARP caches stay right."""
+    ip = address.ip if isinstance(address, ipaddress.IPv4Interface) else address
+    return ":".join(f"{b:02x}" for b in (0x02, 0x42, *ip.packed))
+
+
 def mac_for(endpoint_id: str) -> str:
-    """A locally administered unicast MAC derived from the endpoint ID (stable across retries)."""
+    """A locally administered unicast MAC derived from the endpoint ID (stable across retries), for an
+    endpoint without an IPv4 address."""
     digest = hashlib.sha256(endpoint_id.encode()).digest()
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))

@@ -8,7 +8,17 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from kvstore import GATEWAY_OWNER, Conflict, Endpoint, Exhausted, Host, InvalidRequest, NotFound, Store
+from kvstore import (
+    GATEWAY_OWNER,
+    REQUEST_OWNER_PREFIX,
+    Conflict,
+    Endpoint,
+    Exhausted,
+    Host,
+    InvalidRequest,
+    NotFound,
+    Store,
+)
 from kvstore.alloc import VNI_MAX, VNI_MIN
 from tests.watching import Collector
 
@@ -158,6 +168,28 @@ def test_gateway_is_shared_and_outlives_release_address(make_store) -> None:
     b.release_address(p.pool_id, "10.1.0.77")  # free: no-op
     b.release_address("10.9.0.0/24", "10.9.0.1")  # unknown pool: no-op
     assert a.list_addresses(p.pool_id) == {gw: GATEWAY_OWNER}
+
+
+def test_adopt_address_hands_a_request_keys_address_to_a_mac(make_store) -> None:
+    a, b = make_store(), make_store()
+    p = pool(a, "10.1.0.0/24", "h1")
+    gw = a.reserve_address(p.pool_id, GATEWAY_OWNER, "h1")
+    mine = a.reserve_address(p.pool_id, REQUEST_OWNER_PREFIX + "1", "h1")
+    theirs = b.reserve_address(p.pool_id, REQUEST_OWNER_PREFIX + "2", "h2")
+    assert a.adopt_address(p.pool_id, mine, "h1", "02:42:0a:01:00:02") is True
+    assert a.adopt_address(p.pool_id, mine, "h1", "02:42:0a:01:00:02") is True  # resent: no change
+    assert a.adopt_address(p.pool_id, theirs, "h1", "02:00:00:00:00:09") is False  # another host's
+    assert a.adopt_address(p.pool_id, gw, "h1", "02:00:00:00:00:09") is False
+    assert a.adopt_address(p.pool_id, "10.1.0.200", "h1", "02:00:00:00:00:09") is False  # free
+    assert a.list_addresses(p.pool_id) == {
+        gw: GATEWAY_OWNER,
+        mine: "02:42:0a:01:00:02",
+        theirs: REQUEST_OWNER_PREFIX + "2",
+    }
+    # owned by the MAC now: a request with that MAC is a retry, a release frees both keys
+    assert a.reserve_address(p.pool_id, "02:42:0a:01:00:02", "h1") == mine
+    a.release_address(p.pool_id, mine)
+    assert a.reserve_address(p.pool_id, "02:00:00:00:00:09", "h1", mine) == mine
 
 
 # -- networks ---------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def test_activate_and_capabilities(agent):
     c = agent.client
     assert c.ok("Plugin.Activate") == {"Implements": ["NetworkDriver", "IpamDriver"]}
     assert c.ok("NetworkDriver.GetCapabilities") == {"Scope": "local", "ConnectivityScope": "global"}
-    assert c.ok("IpamDriver.GetCapabilities") == {"RequiresMACAddress": True, "RequiresRequestReplay": False}
+    assert c.ok("IpamDriver.GetCapabilities") == {"RequiresMACAddress": False, "RequiresRequestReplay": False}
     spaces = c.ok("IpamDriver.GetDefaultAddressSpaces")
     assert spaces["LocalDefaultAddressSpace"] == spaces["GlobalDefaultAddressSpace"] == "pyoverlay"
     status, _ = c.call("NetworkDriver.NoSuchCall")

@@ -95,4 +95,18 @@ def test_host_address_is_exact_idempotent_outlives_ensure_network_and_goes_with_
         plane.host_address(TEST_VNI)
     plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
     assert plane.host_address(TEST_VNI) is None
+
+
+def test_announce_needs_the_network_and_a_well_formed_address(plane) -> None:
+    with pytest.raises(DataplaneError):
+        plane.announce(TEST_VNI, "10.1.0.3", "02:42:0a:01:00:03")
+    plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
+    plane.announce(TEST_VNI, "10.1.0.3", "02:42:0a:01:00:03")
+    for ip, mac in [
+        ("10.1.0.300", "02:42:0a:01:00:03"),
+        ("10.1.0.3", "02:42:0a"),
+        ("fd00::3", "02:42:0a:01:00:03"),
+    ]:
+        with pytest.raises(DataplaneError):
+            plane.announce(TEST_VNI, ip, mac)
     plane.delete_network(TEST_VNI)

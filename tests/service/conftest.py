@@ -95,19 +95,21 @@ class Host:
         self.network.create_network(CreateNetworkRequest.parse(body))
         return Net(docker_id, pool["PoolID"], pool["Pool"], gateway)
 
-    def create_endpoint(self, net: Net, mac: str | None = None) -> tuple[str, str, str]:
-        """RequestAddress by MAC, then CreateEndpoint with both set: (endpoint id, address CIDR, mac)."""
-        endpoint_id, mac = new_id(), mac or new_mac()
-        address = self.ipam.request_address(
-            RequestAddressRequest.parse({"PoolID": net.pool_id, "Options": {MAC_OPTION: mac}})
-        )["Address"]
+    def create_endpoint(
+        self, net: Net, mac: str | None = None, address: str | None = None
+    ) -> tuple[str, str, str]:
+        """RequestAddress (no MAC: the IPAM does not ask for one), then CreateEndpoint with the MAC only if
+        the user set one (--mac-address): (endpoint id, address CIDR, mac)."""
+        endpoint_id = new_id()
+        body = {"PoolID": net.pool_id, "Options": {}, **({"Address": address} if address else {})}
+        cidr = self.ipam.request_address(RequestAddressRequest.parse(body))["Address"]
         body = {
             "NetworkID": net.docker_id,
             "EndpointID": endpoint_id,
-            "Interface": {"Address": address, "MacAddress": mac},
+            "Interface": {"Address": cidr, "MacAddress": mac or ""},
         }
-        assert self.network.create_endpoint(CreateEndpointRequest.parse(body)) == {"Interface": {}}
-        return endpoint_id, address, mac
+        answer = self.network.create_endpoint(CreateEndpointRequest.parse(body))
+        return endpoint_id, cidr, mac or answer["Interface"]["MacAddress"]
 
     def delete_endpoint(self, net: Net, endpoint_id: str) -> None:
         self.network.delete_endpoint(

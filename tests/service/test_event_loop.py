@@ -8,6 +8,7 @@ from driver.peers import FLOOD_MAC
 from kvstore import StoreUnavailable
 from kvstore.alloc import VNI_MIN
 from plugin.event_loop import BINDINGS, ENDPOINTS, NETWORKS
+from plugin.messages import ReleaseAddressRequest
 
 from .conftest import Host, Net
 
@@ -173,3 +174,31 @@ def test_view_shows_every_network_this_hosts_bindings_and_own_endpoints(host_a: 
     assert view.bindings == {mine.docker_id: theirs.docker_id}
     assert set(view.endpoints) == {own[0]}
     assert view.endpoints[own[0]].mac == own[2]
+
+
+def test_a_remote_endpoint_is_announced_when_it_appears_or_changes_mac_not_when_listed(
+    host_a: Host, host_b: Host
+):
+    theirs = host_b.create_network("10.30.0.0/24")
+    listed = host_b.create_endpoint(theirs)
+    mine = host_a.create_network("10.30.0.0/24")
+    host_a.loop.relist()
+    host_a.settle()
+    assert host_a.dp.peers[VNI_MIN] == expected(host_b, listed)
+    assert host_a.dp.announced == []  # a listing announces nothing: no stampede at start-up
+    host_a.create_endpoint(mine)  # A's own: announced by its Join, never by the loop
+    appeared = host_b.create_endpoint(theirs)
+    host_a.drain(lambda: host_a.dp.peers[VNI_MIN] == expected(host_b, listed, appeared))
+    ip = appeared[1].split("/")[0]
+    assert host_a.dp.announced == [(VNI_MIN, ip, appeared[2])]
+    # programmed before announced: a neighbour's first unicast to the MAC must find the VTEP
+    calls = [name for name, _ in host_a.dp.calls]
+    assert calls.index("announce") > len(calls) - 1 - calls[::-1].index("apply_peers")
+    # the same IP comes back with a MAC the user set: the new mapping is announced
+    host_b.delete_endpoint(theirs, appeared[0])
+    host_b.ipam.release_address(ReleaseAddressRequest.parse({"PoolID": theirs.pool_id, "Address": ip}))
+    replaced = host_b.create_endpoint(theirs, mac="02:aa:00:00:00:05", address=ip)
+    host_a.drain(lambda: len(host_a.dp.announced) == 2)
+    assert host_a.dp.announced[1] == (VNI_MIN, ip, "02:aa:00:00:00:05")
+    assert host_a.dp.peers[VNI_MIN] == expected(host_b, listed, replaced)
+    assert host_a.settle() == [] and len(host_a.dp.announced) == 2

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from kvstore import Conflict, NotFound
+from kvstore import REQUEST_OWNER_PREFIX, Conflict, NotFound
 from plugin.errors import BadRequest, ConflictError
 from plugin.messages import ReleaseAddressRequest, RequestAddressRequest, RequestPoolRequest
 
@@ -74,7 +74,7 @@ def test_explicit_addresses_and_ip_ranges(host_a: Host):
     with pytest.raises(Conflict, match="10.30.0.50"):
         address(host_a, pool_id, "02:00:00:00:00:03", wanted="10.30.0.50")
     assert address(host_a, pool_id, wanted="10.30.0.60") == "10.30.0.60/24"  # --aux-address: no MAC
-    assert host_a.store.list_addresses(pool_id)["10.30.0.60"] == "static:10.30.0.60"
+    assert host_a.store.list_addresses(pool_id)["10.30.0.60"].startswith(REQUEST_OWNER_PREFIX)
 
 
 def test_a_second_network_on_the_same_subnet_is_refused_on_one_host(host_a: Host, host_b: Host):
@@ -121,10 +121,14 @@ def test_bad_pool_request_is_refused_and_claims_nothing(host_a: Host, kwargs, me
     assert host_a.store.list_pools() == []
 
 
-def test_address_request_needs_a_key_and_a_known_pool(host_a: Host):
+def test_without_a_mac_each_request_owns_its_address(host_a: Host, host_b: Host):
+    # what Docker sends, as the IPAM does not require a MAC: no key, so nothing makes two requests one
     pool_id = pool(host_a, "10.30.0.0/24")["PoolID"]
-    with pytest.raises(BadRequest, match="needs a MAC address"):
-        address(host_a, pool_id)
+    pool(host_b, "10.30.0.0/24")
+    assert (address(host_a, pool_id), address(host_a, pool_id)) == ("10.30.0.1/24", "10.30.0.2/24")
+    with pytest.raises(Conflict, match="10.30.0.2 is already in use"):
+        address(host_b, pool_id, wanted="10.30.0.2")  # a second container with the same --ip
+    owners = host_a.store.list_addresses(pool_id)
+    assert len(set(owners.values())) == 2 and all(o.startswith(REQUEST_OWNER_PREFIX) for o in owners.values())
     with pytest.raises(NotFound, match="10.99.0.0/24"):
-        address(host_a, "10.99.0.0/24", "02:00:00:00:00:01")
-    assert host_a.store.list_addresses(pool_id) == {}
+        address(host_a, "10.99.0.0/24")

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from driver import DataplaneError
 from kvstore import NotFound
 from kvstore.alloc import VNI_MIN
 from plugin.errors import BadRequest, UnknownObject
-from plugin.messages import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest
-from plugin.services.network import fix_command, mac_for
+from plugin.messages import (
+    CreateEndpointRequest,
+    CreateNetworkRequest,
+    EndpointRequest,
+    ReleaseAddressRequest,
+)
+from plugin.services.network import fix_command, mac_for, mac_for_address
 
 from .conftest import Host, network_body, new_id
 
@@ -160,7 +167,7 @@ def test_create_endpoint_answers_the_mac_only_when_docker_gave_none(host_a: Host
     net = host_a.create_network("10.30.0.0/24")
     first, second = new_id(), new_id()
     answer = host_a.network.create_endpoint(endpoint_body(net.docker_id, first, "10.30.0.5/24"))
-    assert answer == {"Interface": {"MacAddress": mac_for(first)}}
+    assert answer == {"Interface": {"MacAddress": "02:42:0a:1e:00:05"}}  # from the address
     answer = host_a.network.create_endpoint(
         endpoint_body(net.docker_id, second, "10.30.0.6/24", "02:AA:00:00:00:01")
     )
@@ -168,8 +175,37 @@ def test_create_endpoint_answers_the_mac_only_when_docker_gave_none(host_a: Host
     record = host_a.store.get_endpoint(second)
     assert (record.network_id, record.host_id, record.vtep) == (net.docker_id, "host-a", "192.0.2.1")
     assert (record.mac, record.address) == ("02:aa:00:00:00:01", "10.30.0.6/24")
-    assert host_a.dp.endpoints[first] == (VNI_MIN, mac_for(first), 1450)
+    assert host_a.dp.endpoints[first] == (VNI_MIN, "02:42:0a:1e:00:05", 1450)
     assert host_a.dp.endpoints[second] == (VNI_MIN, "02:aa:00:00:00:01", 1450)
+
+
+def test_the_same_address_gets_the_same_mac_on_every_host_and_every_reuse(host_a: Host, host_b: Host):
+    theirs = host_b.create_network("10.30.0.0/24")
+    mine = host_a.create_network("10.30.0.0/24")
+    first, cidr, mac = host_a.create_endpoint(mine)
+    host_a.delete_endpoint(mine, first)
+    host_a.ipam.release_address(ReleaseAddressRequest.parse({"PoolID": mine.pool_id, "Address": cidr}))
+    _, _, again = host_b.create_endpoint(theirs, address=cidr.split("/")[0])  # --ip on another host
+    assert again == mac == mac_for_address(ipaddress.IPv4Interface(cidr))
+
+
+def test_an_endpoint_without_ipv4_gets_a_mac_from_its_id(make_host):
+    host = make_host("solo", "192.0.2.9", embedded=True)  # Docker's IPAM: an endpoint may have no address
+    body = network_body(new_id(), "172.29.0.0/16", "172.29.0.1/16", space="LocalDefault")
+    host.network.create_network(CreateNetworkRequest.parse(body))
+    endpoint_id = new_id()
+    answer = host.network.create_endpoint(endpoint_body(body["NetworkID"], endpoint_id, ""))
+    assert answer == {"Interface": {"MacAddress": mac_for(endpoint_id)}}
+
+
+def test_the_address_of_an_endpoint_is_owned_by_its_mac(host_a: Host):
+    # Docker sends the IPAM no MAC; CreateEndpoint hands the address to the MAC (forget_host and Docker
+    # sync's clean-up look it up by MAC), the derived one or one the user set
+    net = host_a.create_network("10.30.0.0/24")
+    _, derived_cidr, derived = host_a.create_endpoint(net)
+    _, user_cidr, user = host_a.create_endpoint(net, mac="02:aa:00:00:00:07")
+    owners = host_a.store.list_addresses(net.pool_id)
+    assert owners[derived_cidr.split("/")[0]] == derived and owners[user_cidr.split("/")[0]] == user
 
 
 def test_resent_create_endpoint_gives_the_same_answer(host_a: Host):
@@ -177,7 +213,7 @@ def test_resent_create_endpoint_gives_the_same_answer(host_a: Host):
     endpoint_id = new_id()
     request = endpoint_body(net.docker_id, endpoint_id, "10.30.0.5/24")
     answers = [host_a.network.create_endpoint(request) for _ in range(2)]
-    assert answers[0] == answers[1] == {"Interface": {"MacAddress": mac_for(endpoint_id)}}
+    assert answers[0] == answers[1] == {"Interface": {"MacAddress": "02:42:0a:1e:00:05"}}
     assert [e.endpoint_id for e in host_a.store.list_endpoints()] == [endpoint_id]
 
 
@@ -235,3 +271,17 @@ def test_join_answers_the_interface_name_and_oper_info_the_record(host_a: Host):
     assert info == {"MacAddress": mac, "Address": address, "VTEP": "192.0.2.1", "Host": "host-a"}
     with pytest.raises(UnknownObject, match="not known to pyoverlay"):
         host_a.network.join(ids(net.docker_id, new_id()))
+
+
+def test_join_announces_the_endpoint_and_a_failed_announcement_does_not_fail_it(host_a: Host, monkeypatch):
+    net = host_a.create_network("10.30.0.0/24")
+    endpoint_id, address, mac = host_a.create_endpoint(net)
+    host_a.network.join(ids(net.docker_id, endpoint_id))
+    assert host_a.dp.announced == [(VNI_MIN, address.split("/")[0], mac)]
+
+    def broken(vni: int, ip: str, mac: str) -> None:
+        raise DataplaneError(f"pobr{vni}: announce {ip} at {mac}: [errno 19] No such device")
+
+    monkeypatch.setattr(host_a.dp, "announce", broken)
+    answer = host_a.network.join(ids(net.docker_id, endpoint_id))  # resent by Docker: still answered
+    assert answer == {"InterfaceName": {"SrcName": f"poc{endpoint_id[:12]}", "DstPrefix": "eth"}}
