@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from tests.lab import Lab, LabHost
-from tests.lab.upstream import start_upstream
+from tests.lab.names import lab_daemon_json, start_upstream
 
 from .overlay import ip_of, pct
 
@@ -93,11 +93,6 @@ def appearance(lab: Lab, trials: int) -> list[float]:
     return found
 
 
-def daemon_config() -> dict:
-    out = subprocess.run([str(REPO / ".venv/bin/pyoverlay"), "daemon-config"], capture_output=True, text=True)
-    return json.loads(out.stdout)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -107,7 +102,7 @@ def main() -> None:
     parser.add_argument("--engine", default=None, help="Docker engine of the lab (default: the system's)")
     args = parser.parse_args()
     extra = {"engine": args.engine} if args.engine else {}
-    with Lab(2, "bnames", etcd=True, daemon_json=daemon_config(), **extra) as lab:
+    with Lab(2, "bnames", etcd=True, daemon_json=lab_daemon_json(), **extra) as lab:
         h1, h2 = lab.hosts
         upstream = start_upstream(lab, {})  # names not found answer at once, as a real resolver does
         lab.start_agents(extra_env={"LOG_LEVEL": "info"})
@@ -125,7 +120,7 @@ def main() -> None:
         print(f"Docker {version}, {args.queries} lookups per name, {args.trials} containers started")
         same = latencies(h1, "asker", "samehost", args.queries)
         cross = latencies(h1, "asker", "otherhost", args.queries)
-        direct = latencies(h1, "asker", "otherhost", args.queries, daemon_config()["dns"][0])
+        direct = latencies(h1, "asker", "otherhost", args.queries, lab_daemon_json()["dns"][0])
         for label, values in (
             ("same host (Docker's DNS)", same),
             ("other host (pyoverlay)", cross),

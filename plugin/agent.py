@@ -14,7 +14,8 @@ from driver.service_address import ensure_service_address
 from driver.underlay import default_route_address, mtu_for_address
 from kvstore import Host, Network, Store, StoreError, open_store
 
-from .dns_server import DnsServer, Upstreams
+from .dns_server import DnsServer
+from .dns_upstreams import Upstreams
 from .docker_sync import DockerSync
 from .event_loop import EventLoop
 from .services.ipam import IpamService
@@ -24,6 +25,7 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 DNS_PORT = 53  # Docker's `dns` setting takes addresses only
+DNS_RETRY = 2.0  # seconds between attempts to listen
 
 
 def load_host_id(state_dir: str) -> str:
@@ -118,23 +120,37 @@ class Agent:
             ("docker-sync", self.docker_sync.run),
             ("heartbeat", self._heartbeat),
         )
-        if self.dns is not None and self._start_dns(self.dns):
-            loops += (("dns", self.dns.run),)
+        if self.dns is not None:
+            loops += (("dns", self._serve_dns),)
         for name, target in loops:
             thread = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
-    def _start_dns(self, dns: DnsServer) -> bool:
-        """Listen on the service address; without it containers still resolve their own host's names."""
-        try:
-            ensure_service_address(dns.address)
-            dns.bind()
-        except (DataplaneError, OSError) as exc:
-            log.error("name service on %s:%d not started: %s", dns.address, dns.port, exc)
-            return False
-        log.info("name service on %s:%d", dns.address, dns.port)
-        return True
+    def _serve_dns(self, stop: threading.Event) -> None:
+        """Listen on the service address (trying again while, say, an agent that is exiting still holds
+        the port), then serve. Until then containers still resolve their own host's names."""
+        assert self.dns is not None
+        failures = 0
+        while not stop.is_set():
+            try:
+                ensure_service_address(self.dns.address)
+                self.dns.bind()
+            except (DataplaneError, OSError) as exc:
+                failures += 1
+                level = logging.ERROR if failures == 1 else logging.DEBUG
+                log.log(
+                    level,
+                    "name service on %s:%d not started: %s (trying again)",
+                    self.dns.address,
+                    DNS_PORT,
+                    exc,
+                )
+                stop.wait(DNS_RETRY)
+                continue
+            log.info("name service on %s:%d", self.dns.address, self.dns.port)
+            self.dns.run(stop)
+            return
 
     def _heartbeat(self, stop: threading.Event) -> None:
         host = Host(host_id=self.host_id, address=self.vtep, hostname=socket.gethostname())

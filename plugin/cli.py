@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import cli_expose, pidfile
 from . import settings as settings_mod
+from .dns_upstreams import RESOLV_CONF, fallback_servers
 
 STOP_TIMEOUT = 15.0  # seconds; gunicorn gives its worker 5 s to finish, then kills it
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon = sub.add_parser(
         "daemon-config", help="print the daemon.json setting this host's dockerd needs (names across hosts)"
     )
-    settings_mod.add_arguments(daemon, ["dns_address"])
+    settings_mod.add_arguments(daemon, ["dns_address", "dns_upstreams"])
     cli_expose.add_parsers(sub)
     return parser
 
@@ -75,11 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     return _operate(args, settings)
 
 
-def daemon_config(settings: settings_mod.Settings) -> dict[str, object]:
+def daemon_config(settings: settings_mod.Settings, resolv_conf: str = RESOLV_CONF) -> dict[str, object]:
     """The one daemon setting pyoverlay needs: Docker's embedded DNS forwards the names it does not know
     to the daemon's `dns` servers, so naming the name service there makes other hosts' containers
-    resolvable. Nothing when the name service is off."""
-    return {"dns": [settings.dns_address]} if settings.dns_address else {}
+    resolvable. After it, the host's own resolvers a container can reach: Docker asks them when the
+    name service does not answer (the agent stopped). Nothing when the name service is off."""
+    if not settings.dns_address:
+        return {}
+    fallbacks = fallback_servers(settings.dns_upstreams, settings.dns_address, resolv_conf)
+    return {"dns": [settings.dns_address, *fallbacks]}
 
 
 def _stop(state_dir: str) -> int:

@@ -4,6 +4,8 @@ the host's resolvers. Pure: the wire format is dnspython's."""
 
 from __future__ import annotations
 
+import random
+
 import dns.exception
 import dns.flags
 import dns.message
@@ -35,6 +37,7 @@ def answer(
     addresses = index.lookup(networks, question.name.to_text())
     if not addresses:
         return None
+    random.shuffle(addresses)  # as Docker does: clients that take the first spread over all holders
     response = _response(query)
     if question.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY):
         response.answer.append(_rrset(question.name, dns.rdatatype.A, addresses))
@@ -70,7 +73,16 @@ def _rrset(name: dns.name.Name, rdtype: dns.rdatatype.RdataType, values: list[st
 
 
 def failure(query: dns.message.Message) -> dns.message.Message:
-    """SERVFAIL: no upstream answered."""
+    """SERVFAIL: no upstream answered (Docker's embedded DNS then asks its next server)."""
+    return _error(query, dns.rcode.SERVFAIL)
+
+
+def refused(query: dns.message.Message) -> dns.message.Message:
+    """REFUSED: the asker is not a container of this host (the name service is no open resolver)."""
+    return _error(query, dns.rcode.REFUSED)
+
+
+def _error(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:
     response = dns.message.make_response(query)
-    response.set_rcode(dns.rcode.SERVFAIL)
+    response.set_rcode(rcode)
     return response

@@ -173,7 +173,8 @@ class DockerSync:
 
     def _learn_containers(self, client: docker.DockerClient, local: dict[str, Any], view: View) -> None:
         """Record the names and aliases of this host's endpoints, tell the name service which networks
-        each container asks from, and collect own endpoints no container holds any more."""
+        each container asks from, and collect own endpoints no container holds any more (one listing)."""
+        covers = self.askers.requests()  # the name service's requests this listing answers
         summaries = client.api.containers(all=True)
         attached = attached_endpoints(summaries, set(local))
         aliases = self._aliases_of(client, attached)
@@ -186,13 +187,19 @@ class DockerSync:
             names = (seen.name, aliases.get(endpoint_id, seen.aliases))
             if seen.name and (endpoint.container_name, endpoint.aliases) != names:
                 self.store.set_endpoint_name(endpoint_id, *names)  # never resurrects
+        self._learn_askers(client, summaries, networks_of, covers)
+        self._collect_own_garbage(set(attached), view)
+
+    def _learn_askers(
+        self, client: docker.DockerClient, summaries: list[Any], networks_of: dict[str, set[str]], covers: int
+    ) -> None:
+        """Tell the name service the networks of the container behind each address of this host."""
         try:
             gateway_bridge = client.api.inspect_network(GATEWAY_BRIDGE)
         except docker.errors.NotFound:
             gateway_bridge = None
         addresses = container_addresses(summaries, gateway_bridge)
-        self.askers.replace({a: frozenset(networks_of.get(c, ())) for a, c in addresses.items()})
-        self._collect_own_garbage(set(attached), view)
+        self.askers.replace({a: frozenset(networks_of.get(c, ())) for a, c in addresses.items()}, covers)
 
     def _aliases_of(self, client: docker.DockerClient, attached: dict[str, Attached]) -> dict[str, tuple]:
         """endpoint_id -> aliases. The container list leaves them out: a container is inspected once per

@@ -81,25 +81,37 @@ class NameIndex:
 class Askers:
     """Source address of a question -> the cluster networks of the container that asked. Docker's embedded
     DNS forwards from inside the container, so the source is one of the container's addresses (usually
-    its docker_gwbridge one: pyoverlay gives containers no gateway)."""
+    its docker_gwbridge one: pyoverlay gives containers no gateway). Every container of the host is here,
+    those on no pyoverlay network with no networks."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._networks: dict[str, frozenset[str]] = {}
-        self._generation = 0
-
-    def replace(self, networks: dict[str, frozenset[str]]) -> None:
-        with self._changed:
-            self._networks = dict(networks)
-            self._generation += 1
-            self._changed.notify_all()
+        self._asked = 0  # passes asked for by the name service
+        self._answered = 0  # the latest request a replace() covers: its pass started after the request
 
     def networks(self, address: str) -> frozenset[str] | None:
         with self._changed:
             return self._networks.get(address)
 
-    def wait_for_update(self, timeout: float) -> bool:
-        """Block until the next replace() (a refresh asked for), or the timeout; True if it came."""
+    def ask(self) -> int:
+        """A request for a Docker sync pass; wait_for(the ticket) then waits for a pass that began after."""
         with self._changed:
-            generation = self._generation
-            return self._changed.wait_for(lambda: self._generation != generation, timeout)
+            self._asked += 1
+            return self._asked
+
+    def requests(self) -> int:
+        """What a pass starting now covers (Docker sync reads it before it lists containers)."""
+        with self._changed:
+            return self._asked
+
+    def replace(self, networks: dict[str, frozenset[str]], covers: int = 0) -> None:
+        with self._changed:
+            self._networks = dict(networks)
+            self._answered = max(self._answered, covers)
+            self._changed.notify_all()
+
+    def wait_for(self, ticket: int, timeout: float) -> bool:
+        """Block until a pass that began after ``ticket`` was asked has replaced the table; True if so."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._answered >= ticket, timeout)

@@ -10,6 +10,8 @@ import json, os, sys
 path, wanted = sys.argv[1], json.load(sys.stdin)
 current = json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else {}
 merged = {**current, **wanted}
+if wanted.get("dns"):  # servers the admin had keep their place after ours
+    merged["dns"] = wanted["dns"] + [s for s in current.get("dns", []) if s not in wanted["dns"]]
 if merged != current:
     with open(path + ".tmp", "w") as f:
         json.dump(merged, f, indent=2)

@@ -6,15 +6,30 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
+
+from plugin.cli import daemon_config
+from plugin.settings import Settings
 
 from .host import LabHost
 from .lab import REPO, Lab
+
+LAB_RESOLVER = "10.99.0.254"  # the default underlay's gateway address, where start_upstream listens
+
+
+def lab_daemon_json() -> dict[str, object]:
+    """What `pyoverlay daemon-config` prints on a lab host whose resolv.conf names the lab's upstream."""
+    with tempfile.NamedTemporaryFile("w", suffix=".conf") as resolv:
+        resolv.write(f"nameserver {LAB_RESOLVER}\n")
+        resolv.flush()
+        return daemon_config(Settings(), resolv.name)
 
 
 def start_upstream(lab: Lab, records: Mapping[str, str]) -> subprocess.Popen[str]:
     """A DNS server on the underlay address, port 53, answering ``records``; every host resolves through
     it from now on. The caller kills it."""
+    assert lab.underlay_address == LAB_RESOLVER, "lab_daemon_json names another resolver"
     upstream = subprocess.Popen(
         [
             "nsenter",

@@ -20,12 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from plugin.cli import daemon_config
-from plugin.settings import Settings
 from tests.lab import Lab
 from tests.lab.fixtures import lab_image_tar  # noqa: F401
 from tests.lab.host import DOCKER
-from tests.lab.names import resolved, start_upstream
+from tests.lab.names import lab_daemon_json, resolved, start_upstream
 from tests.lab.registry import LocalRegistry, registry_available
 from tests.lab.system import wait_until as wait_for
 from tests.multihost.managed_cluster import (
@@ -74,7 +72,7 @@ def cluster(
         workdir=workdir / "lab",
         image_tar=lab_image_tar,
         dockerd_args=[f"--insecure-registry={REGISTRY}"],  # the registry below, plain HTTP
-        daemon_json=daemon_config(Settings()),  # what the cluster install has a user apply
+        daemon_json=lab_daemon_json(),  # what the cluster install has a user apply
     )
     facts: dict[str, str] = {}
     # The helpers in tests.lab.registry run $DOCKER: the 20.10 client that matches the daemons.

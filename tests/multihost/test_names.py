@@ -5,28 +5,19 @@ internet), and containers on different hosts find each other by name, alias and 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.lab.fixtures import lab_image_tar, make_lab  # noqa: F401
-from tests.lab.lab import REPO
-from tests.lab.names import resolved, start_upstream
+from tests.lab.names import lab_daemon_json, resolved, start_upstream
 from tests.lab.system import wait_until as wait_for
 
 pytestmark = pytest.mark.lab
 
 SLEEP = ("sleep", "3600")
 EXTERNAL = {"www.example.test": "192.0.2.10"}
-
-
-def daemon_config() -> dict:
-    """What a user applies: the output of `pyoverlay daemon-config` on a host."""
-    out = subprocess.run([str(REPO / ".venv/bin/pyoverlay"), "daemon-config"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def ip_of(h, container: str, network: str) -> str:
@@ -43,8 +34,8 @@ def until_resolves(h, container: str, name: str, expected: list[str], timeout: f
 
 @pytest.fixture(params=[None, "28"], ids=["docker20.10", "docker28"])
 def named_lab(make_lab, request) -> Iterator:  # noqa: F811
-    config = daemon_config()
-    assert config == {"dns": ["169.254.53.53"]}
+    config = lab_daemon_json()
+    assert config == {"dns": ["169.254.53.53", "10.99.0.254"]}  # the name service, then the host's resolver
     lab = make_lab(3, etcd=True, daemon_json=config, engine=request.param)
     upstream = start_upstream(lab, EXTERNAL)
     try:
@@ -111,3 +102,22 @@ def test_names_follow_stop_rename_and_disconnect(named_lab):
     h2.docker("stop", "-t", "0", "renamed")
     took = until_resolves(h1, "box1", "renamed", [])
     print(f"stop on h2: the name gone on h1 after {took * 1000:.0f} ms")
+
+
+def test_while_the_agent_is_stopped_other_names_still_resolve(named_lab):
+    """The daemon setting names the host's resolver after the name service: Docker asks it when the
+    name service does not answer. Names of other hosts come back with the agent."""
+    h1, h2, _ = named_lab.hosts
+    image = named_lab.image
+    h1.docker("run", "-d", "--name", "box1", "--network", "ov", "--network-alias", "web", image, *SLEEP)
+    h2.docker("run", "-d", "--name", "box2", "--network", "ov", "--network-alias", "web", image, *SLEEP)
+    ip1, ip2 = ip_of(h1, "box1", "ov"), ip_of(h2, "box2", "ov")
+    until_resolves(h1, "box1", "box2", [ip2])
+    # Docker answers a name it holds itself and never forwards it: an alias held on this host gives
+    # this host's holders only (Docker's own overlay behaves alike without swarm's records)
+    assert resolved(h1, "box1", "web") == [ip1]
+    h1.stop_agent()
+    assert resolved(h1, "box1", "www.example.test") == ["192.0.2.10"]
+    assert resolved(h1, "box1", "box2") == []
+    h1.start_agent()
+    until_resolves(h1, "box1", "box2", [ip2])

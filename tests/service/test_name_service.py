@@ -12,7 +12,8 @@ import dns.query
 import dns.rcode
 import pytest
 
-from plugin.dns_server import DnsServer, Upstreams
+from plugin.dns_server import DnsServer
+from plugin.dns_upstreams import Upstreams
 from plugin.names import Askers
 from tests.dns_upstream import Upstream
 
@@ -106,11 +107,16 @@ def test_an_unknown_asker_asks_docker_sync_for_a_pass_first(host_a: Host, host_b
     host_a.loop.relist()
     host_a.settle()
     network_id = host_a.cluster(mine).network_id
+
+    askers = name_service.askers
+    askers.replace({}, askers.requests())  # a pass that listed containers before this one started
     refreshes = []
 
-    def refresh() -> None:  # what Docker sync's pass does, a moment later, on its own thread
+    def refresh() -> None:  # Docker sync's pass: one already under way ends first, then the asked one
         refreshes.append(1)
-        threading.Timer(0.05, name_service.askers.replace, [{ASKER: frozenset({network_id})}]).start()
+        covers = askers.requests()
+        threading.Timer(0.02, askers.replace, [{}, covers - 1]).start()
+        threading.Timer(0.1, askers.replace, [{ASKER: frozenset({network_id})}, covers]).start()
 
     name_service.refresh = refresh
     assert addresses(ask(name_service, "box2")) == [address2.split("/")[0]]
@@ -134,9 +140,25 @@ def test_no_upstream_answers_servfail(host_a: Host, upstream: Upstream):
         server.close()
 
 
-def test_a_stranger_waits_for_docker_sync_once(host_a: Host, name_service):
+def test_a_stranger_is_refused_after_one_wait_for_docker_sync(name_service, upstream: Upstream):
     refreshes = []
     name_service.refresh = lambda: refreshes.append(1)  # Docker sync never learns ASKER here
-    for _ in range(3):
-        assert ask(name_service, "www.example.test").answer  # forwarded all the same
-    assert refreshes == [1]
+    for tcp in (False, True, False):
+        assert ask(name_service, "www.example.test", tcp=tcp).rcode() == dns.rcode.REFUSED
+    assert refreshes == [1] and upstream.questions == []  # no open resolver
+
+
+def test_the_host_itself_is_served(host_a: Host, upstream: Upstream):
+    """--network host containers and the host ask from the service address itself."""
+    upstreams = Upstreams((f"{upstream.address}:{upstream.port}",), ASKER)
+    server = DnsServer(ASKER, 0, host_a.loop.names, Askers(), upstreams)
+    server.bind()
+    stop = threading.Event()
+    threading.Thread(target=server.run, args=(stop,), daemon=True).start()
+    try:
+        query = dns.message.make_query("www.example.test", "A")
+        response = dns.query.udp(query, ASKER, port=server.port, timeout=5, source=ASKER)
+        assert addresses(response) == ["192.0.2.10"]
+    finally:
+        stop.set()
+        server.close()

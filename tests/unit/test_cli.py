@@ -64,8 +64,8 @@ def test_operator_commands_show_only_the_store_settings(capsys, command: str) ->
 
 
 def test_daemon_config_prints_the_dns_setting(capsys) -> None:
-    assert cli.main(["daemon-config"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"dns": ["169.254.53.53"]}
+    assert cli.main(["daemon-config", "--dns-upstreams", "10.0.0.2"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"dns": ["169.254.53.53", "10.0.0.2"]}
     assert cli.main(["daemon-config", "--dns-address", ""]) == 0  # no name service: nothing needed
     assert json.loads(capsys.readouterr().out) == {}
 
