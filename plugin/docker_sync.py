@@ -108,6 +108,7 @@ class DockerSync:
         driver = self.our_driver()
         local = {n.id: n for n in client.networks.list(filters={"driver": driver})}
         view = self.view()
+        attached = self._learn_containers(client, local, view)  # first: names are what users wait for
         # Networks and bindings are read from the store itself: creating or removing a network here is
         # decided on one consistent read (the loop's scopes may stand at different revisions).
         bindings = self.store.bindings(self.host_id)
@@ -132,7 +133,7 @@ class DockerSync:
                 )
                 continue
             self._create_local(client, driver, network)
-        self._learn_containers(client, local, view)
+        self._collect_own_garbage(set(attached), view)
 
     def _sweep_bindings(self, bindings: dict[str, str], local: dict[str, Any]) -> None:
         """A binding whose network this daemon no longer has (its DeleteNetwork failed, e.g. with etcd
@@ -171,14 +172,17 @@ class DockerSync:
         except docker.errors.APIError as exc:
             log.warning("cannot remove network %s here: %s", local_network.name, exc.explanation or exc)
 
-    def _learn_containers(self, client: docker.DockerClient, local: dict[str, Any], view: View) -> None:
-        """Record the names and aliases of this host's endpoints, tell the name service which networks
-        each container asks from, and collect own endpoints no container holds any more (one listing)."""
+    def _learn_containers(
+        self, client: docker.DockerClient, local: dict[str, Any], view: View
+    ) -> dict[str, Attached]:
+        """Tell the name service which networks each container asks from, and record the names and
+        aliases of this host's endpoints (the name service goes on with etcd away; the names wait)."""
         covers = self.askers.requests()  # the name service's requests this listing answers
         summaries = client.api.containers(all=True)
         attached = attached_endpoints(summaries, set(local))
         aliases = self._aliases_of(client, attached)
         networks_of: dict[str, set[str]] = {}  # container id -> cluster networks
+        renames = []
         for endpoint_id, seen in attached.items():
             endpoint = view.endpoints.get(endpoint_id) or self._own_endpoint(endpoint_id)
             if endpoint is None:
@@ -186,9 +190,11 @@ class DockerSync:
             networks_of.setdefault(seen.container_id, set()).add(endpoint.network_id)
             names = (seen.name, aliases.get(endpoint_id, seen.aliases))
             if seen.name and (endpoint.container_name, endpoint.aliases) != names:
-                self.store.set_endpoint_name(endpoint_id, *names)  # never resurrects
+                renames.append((endpoint_id, *names))
         self._learn_askers(client, summaries, networks_of, covers)
-        self._collect_own_garbage(set(attached), view)
+        for endpoint_id, name, endpoint_aliases in renames:
+            self.store.set_endpoint_name(endpoint_id, name, endpoint_aliases)  # never resurrects
+        return attached
 
     def _learn_askers(
         self, client: docker.DockerClient, summaries: list[Any], networks_of: dict[str, set[str]], covers: int
@@ -218,7 +224,7 @@ class DockerSync:
         """An endpoint the event loop has not seen yet (created a moment ago), from the store."""
         try:
             endpoint = self.store.get_endpoint(endpoint_id)
-        except NotFound:
+        except StoreError:  # NotFound, or etcd away: the next pass sees it
             return None
         return endpoint if endpoint.host_id == self.host_id else None
 

@@ -9,7 +9,7 @@ import docker.errors
 import pytest
 
 import plugin.docker_sync
-from kvstore import NotFound
+from kvstore import NotFound, StoreUnavailable
 
 from .conftest import Host, Net, new_id
 
@@ -241,3 +241,20 @@ def test_a_binding_this_daemon_lost_is_dropped_after_a_grace_period(host_a: Host
     host_a.sync.sync_once()
     assert host_a.store.bindings("host-a") == {} and host_a.store.list_networks() == []
     host_a.drain(lambda: host_a.dp.networks == {})
+
+
+def test_the_name_service_learns_askers_while_the_store_is_away(host_a: Host, monkeypatch):
+    mine = host_a.create_network("10.30.0.0/24")
+    first = host_a.create_endpoint(mine)
+    daemon_a = daemon_of(listed(host_a))
+    daemon_a.add(mine, "web", {"c1": {"EndpointID": first[0], "Name": "box", "IPv4Address": first[1]}})
+    daemon_a.api.gateway_bridge = {"Containers": {"c1": {"IPv4Address": "172.18.0.2/16"}}}
+
+    def away(*_: object) -> None:
+        raise StoreUnavailable("etcd is away")
+
+    monkeypatch.setattr(host_a.store, "bindings", away)
+    monkeypatch.setattr(host_a.store, "set_endpoint_name", away)
+    with pytest.raises(StoreUnavailable):
+        host_a.sync.sync_once()
+    assert host_a.sync.askers.networks("172.18.0.2") == {mine.docker_id}
