@@ -83,8 +83,8 @@ class Dataplane:
         ipr = getattr(local, "ipr", None)
         local.uses = getattr(local, "uses", 0) + 1
         if ipr is not None and local.pid == os.getpid() and local.uses > SOCKET_USES:
-            # pyroute2 0.9's IPRoute keeps a little memory per request (measured: ~5 KiB per endpoint
-            # create/delete); a fresh socket now and then keeps a long-lived agent's RSS flat
+            # pyroute2 0.9's IPRoute keeps the ACK of every link("get") queued until the socket closes
+            # (find_link; one page each under the agent's pinned mmap threshold): this bounds them
             with self._sockets_lock:
                 self._sockets.remove((local.pid, ipr))
             ipr.close()
