@@ -190,7 +190,7 @@ class NetworkService:
             self.store.put_endpoint(endpoint)
         mtu = self.mtu_for(network)
         try:
-            if network.vni not in self.dataplane.network_vnis():
+            if not self.dataplane.has_network(network.vni):
                 # devices vanished (host reboot): rebuild rather than fail; the event loop checks drift
                 self.dataplane.ensure_network(network.vni, mtu, self.vtep, self.vxlan_port)
             self.dataplane.ensure_endpoint(network.vni, req.endpoint_id, mac, mtu)
@@ -225,7 +225,8 @@ class NetworkService:
     def join(self, req: EndpointRequest) -> dict[str, object]:
         endpoint = self.endpoint(req)
         network = self.store.get_network(endpoint.network_id)
-        container_side = self.dataplane.ensure_endpoint(
+        # CreateEndpoint has just ensured the pair: Join only checks it (and ensures it if it changed)
+        container_side = self.dataplane.join_endpoint(
             network.vni, endpoint.endpoint_id, endpoint.mac, self.mtu_for(network)
         )
         if endpoint.address:
