@@ -184,10 +184,10 @@ class NetworkService:
         if current is not None and _identity(current) != _identity(endpoint):
             raise BadRequest(f"endpoint {req.endpoint_id[:12]} exists with other settings")
         if current is None:
-            if network.pool_id and req.address:
-                # the IPAM got no MAC: the address becomes the MAC's, as forget_host and Docker sync expect
-                self.store.adopt_address(network.pool_id, str(req.address.ip), self.host_id, mac)
-            self.store.put_endpoint(endpoint)
+            # the IPAM got no MAC: the address becomes the MAC's, as forget_host and Docker sync expect,
+            # in the endpoint record's own transaction
+            adopt = network.pool_id if network.pool_id and req.address else None
+            self.store.put_endpoint(endpoint, adopt_from_pool=adopt)
         mtu = self.mtu_for(network)
         try:
             if not self.dataplane.has_network(network.vni):
