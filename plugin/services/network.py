@@ -210,6 +210,9 @@ class NetworkService:
             self.store.delete_endpoint(endpoint_id)
 
     def endpoint(self, req: EndpointRequest) -> Endpoint:
+        return self._endpoint_on_network(req)[0]
+
+    def _endpoint_on_network(self, req: EndpointRequest) -> tuple[Endpoint, Network]:
         try:
             endpoint = self.store.get_endpoint(req.endpoint_id)
         except NotFound:
@@ -220,11 +223,10 @@ class NetworkService:
                 f"endpoint {req.endpoint_id[:12]} is not on network "
                 f"{network.name or req.docker_network_id[:12]}"
             )
-        return endpoint
+        return endpoint, network
 
     def join(self, req: EndpointRequest) -> dict[str, object]:
-        endpoint = self.endpoint(req)
-        network = self.store.get_network(endpoint.network_id)
+        endpoint, network = self._endpoint_on_network(req)  # the network read once, not again by its id
         # CreateEndpoint has just ensured the pair: Join only checks it (and ensures it if it changed)
         container_side = self.dataplane.join_endpoint(
             network.vni, endpoint.endpoint_id, endpoint.mac, self.mtu_for(network)
