@@ -5,7 +5,8 @@
 - throughput: iperf3, one TCP stream, container -> container across hosts over pyoverlay, vs a hand-built
   kernel VXLAN between the same two host namespaces (same MTU), vs the bare underlay;
 - convergence: container started on host B -> first ping reply from a container on host A (p50, p99);
-- control plane: `docker run --rm … true` on a pyoverlay network vs a user-defined bridge network;
+- control plane: `docker run --rm … true` on a pyoverlay network vs a user-defined bridge network, and
+  the plugin's own share of each request type (p50/p99);
 - IPAM: 1,000 RequestAddress calls, 8 threads across 2 hosts' agents: rate, duplicates, and the cost of
   one allocation at 90 % pool fill vs 10 %.
 """
@@ -21,6 +22,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from benchmarks.plugin_timings import print_timings, read_timings
 from tests.lab import Lab, LabHost
 from tests.plugin_client import PluginClient
 
@@ -234,6 +236,7 @@ def main() -> None:
                 print(f"  {name:<18} p50 {pct(values, 0.5):.3f}  p99 {pct(values, 0.99):.3f}")
         if "control" in args.only:
             h1.docker("network", "create", "bench-bridge")
+            read_timings(str(h1.agent_socket), reset=True)
             over, bridge = [], []
             for _ in range(args.trials):  # interleaved, so drift hits both alike
                 over += docker_run_times(h1, "bench", lab.image, 1)
@@ -241,6 +244,7 @@ def main() -> None:
             mo, mb = statistics.median(over), statistics.median(bridge)
             print("control plane (docker run --rm … true, median s)")
             print(f"  pyoverlay {mo:.3f}   bridge {mb:.3f}   ratio {mo / mb:.2f}")
+            print_timings(read_timings(str(h1.agent_socket)), "  plugin's own share per request (host A)")
         if "ipam" in args.only:
             r = ipam(lab)
             print("IPAM (1,000 RequestAddress, 8 threads across 2 hosts)")

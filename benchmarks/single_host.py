@@ -3,7 +3,8 @@
     sudo .venv/bin/python -m benchmarks.single_host [--runs 20] [--requests 1000]
 
 - `docker run --rm --network <net> busybox true`: median over N runs on a pyoverlay network vs on a
-  user-defined bridge network, interleaved in one session, and the ratio;
+  user-defined bridge network, interleaved in one session, and the ratio; the plugin's own share of each
+  request type during those runs (p50/p99, from the agent's private timings route);
 - the agent's resident memory before and after 1,000 plugin requests (a realistic mix: address requests and
   releases, endpoint create/join/delete, capabilities), and whether it grew.
 """
@@ -16,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+from benchmarks.plugin_timings import print_timings, read_timings
 from tests.lab import Lab, LabHost
 from tests.plugin_client import PluginClient
 
@@ -72,6 +74,7 @@ def main() -> None:
         h.start_agent(extra_env={"LOG_LEVEL": "info"})
         h.create_network("pyo", "--subnet", "10.62.0.0/24")
         h.docker("network", "create", "--subnet", "10.63.0.0/24", "bridged")
+        read_timings(str(h.agent_socket), reset=True)  # network creation is not what is measured
         over, bridge = [], []
         for _ in range(args.runs):  # interleaved, so drift on the machine hits both alike
             for network, times in (("pyo", over), ("bridged", bridge)):
@@ -83,6 +86,7 @@ def main() -> None:
             f"docker run --rm … true, median of {args.runs}: pyoverlay {mo:.3f} s, bridge {mb:.3f} s, "
             f"ratio {mo / mb:.2f}"
         )
+        print_timings(read_timings(str(h.agent_socket)), "plugin's own share per request during the runs")
 
         network_id = h.docker("network", "inspect", "-f", "{{.Id}}", "pyo").stdout.strip()
         client = PluginClient(str(h.agent_socket))

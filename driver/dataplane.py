@@ -29,6 +29,7 @@ from .links import (
     host_label,
     kernel_op,
     require_link,
+    veth_in_place,
 )
 from .names import (
     bridge_name,
@@ -160,6 +161,12 @@ class Dataplane:
                 return f"{addr.get('IFA_ADDRESS')}/{addr['prefixlen']}", bridge.get("address")
         return None
 
+    def has_network(self, vni: int) -> bool:
+        """Whether the network's bridge or VXLAN device exists here, as network_vnis() would say, looked
+        up by name: a dump of every link costs in proportion to the host's links (~58 ms at 200)."""
+        check_vni(vni)
+        return any(find_link(self._ipr, name) is not None for name in (bridge_name(vni), vxlan_name(vni)))
+
     def network_vnis(self) -> set[int]:
         """VNIs that have a pyoverlay bridge or VXLAN device here."""
         return {vni for vni in map(vni_from_name, self._link_names()) if vni is not None}
@@ -173,6 +180,18 @@ class Dataplane:
         ensure_veth(self._ipr, host, container, mac, mtu, bridge)
         self._forget_learned(bridge, mac, require_link(self._ipr, host, "look up port")["index"])
         return container
+
+    def join_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
+        """ensure_endpoint for Join, which follows CreateEndpoint's ensure_endpoint: three lookups confirm
+        the pair is as that left it; anything else (devices gone or changed since) gets the full ensure."""
+        host, container = veth_names(endpoint_id)
+        bridge = find_link(self._ipr, bridge_name(vni))
+        host_link = find_link(self._ipr, host) if bridge is not None else None
+        if bridge is not None and host_link is not None:
+            peer = find_link(self._ipr, container)
+            if veth_in_place(host_link, peer, bridge, mac, mtu):
+                return container
+        return self.ensure_endpoint(vni, endpoint_id, mac, mtu)
 
     def _forget_learned(self, bridge: Any, mac: str, port: int) -> None:
         """Drop what the bridge learned of mac on another port: a MAC that was remote (the same IP on
@@ -194,15 +213,14 @@ class Dataplane:
     def delete_endpoint(self, endpoint_id: str) -> None:
         """Remove an endpoint's veth pair (deleting one side removes the other, wherever it is)."""
         host, container = veth_names(endpoint_id)
-        delete_link(self._ipr, host)
-        delete_link(self._ipr, container)
+        if not delete_link(self._ipr, host):
+            delete_link(self._ipr, container)  # a stray half: with the host side went its peer
 
     def announce(self, vni: int, ip: str, mac: str) -> None:
         """Broadcast a gratuitous ARP (ip is at mac) on the network's bridge, now and a few times more
         shortly after: neighbours on this host that cached another MAC for ip update their entry."""
         ifname = bridge_name(vni)
-        require_link(self._ipr, ifname, f"announce {ip} at {mac}")
-        with kernel_op(ifname, f"announce {ip} at {mac}"):
+        with kernel_op(ifname, f"announce {ip} at {mac}"):  # a missing bridge: ENODEV from the bind
             frame = announce.garp_frame(ip, mac)
             announce.send_frame(self.netns, ifname, frame)
         announce.send_later(self.netns, ifname, frame, self.announce_again)

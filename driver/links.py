@@ -59,10 +59,12 @@ def link_kind(link: Link) -> str | None:
     return link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
 
 
-def delete_link(ipr: IPRoute, ifname: str) -> None:
-    """Delete the link if it exists."""
+def delete_link(ipr: IPRoute, ifname: str) -> bool:
+    """Delete the link if it exists; returns whether it did."""
     with kernel_op(ifname, "delete link", tolerate=(errno.ENODEV,)):
         ipr.link("del", ifname=ifname)
+        return True
+    return False
 
 
 def host_label(bridge: str) -> str:
@@ -226,6 +228,25 @@ def ensure_veth(ipr: IPRoute, host: str, container: str, mac: str, mtu: int, bri
     _enslave(ipr, host_link, bridge)
     _quiet_port(ipr, host_link)
     _set_mtu_up(ipr, host_link, mtu)
+
+
+def veth_in_place(host_link: Link, peer: Link | None, bridge: Link, mac: str, mtu: int) -> bool:
+    """Whether a pair is as ensure_veth leaves it, judged from the links alone (no further requests):
+    host side a veth on bridge, up, this MTU, no IPv6 address generation; the container side, while it
+    is still in this namespace, host_link's peer with mac and MTU."""
+    inet6 = host_link.get_nested("IFLA_AF_SPEC", "AF_INET6")
+    host_ok = (
+        link_kind(host_link) == "veth"
+        and host_link.get("master") == bridge["index"]
+        and host_link.get("mtu") == mtu
+        and bool(host_link["flags"] & IFF_UP)
+        and (inet6 is None or inet6.get("IFLA_INET6_ADDR_GEN_MODE") == IN6_ADDR_GEN_MODE_NONE)
+    )
+    if not host_ok:
+        return False
+    return peer is None or (
+        _are_peers(host_link, peer) and peer.get("address") == mac.lower() and peer.get("mtu") == mtu
+    )
 
 
 def _are_peers(host_link: Link, peer: Link) -> bool:

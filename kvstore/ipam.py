@@ -281,27 +281,13 @@ class IpamPolicy:
         MAC) to ``owner``, the endpoint's MAC, as if Docker had sent it: forget_host and Docker sync find
         an endpoint's address by its MAC. Returns whether ``owner`` holds the address now (False if it is
         free, the gateway, another owner's, or ``owner`` holds another address of the pool)."""
-        held_address = str(alloc.parse_address(address))
-        key = address_prefix(pool_id) + held_address
-        owner_key = owner_prefix(pool_id) + owner
+        keys = adoption_keys(pool_id, address, owner)
 
         def attempt(_: int) -> Any:
-            current, owner_kv = self._kv.get(key, owner_key)
-            held = load(current) if current is not None else {}
-            if held.get("owner") == owner:
-                return True  # a resent CreateEndpoint, or Docker sent the MAC
-            if (
-                not str(held.get("owner", "")).startswith(REQUEST_OWNER_PREFIX)
-                or held.get("host_id") != host_id
-                or owner_kv is not None
-            ):
-                return False
-            ops = [
-                Put(key, dump({"owner": owner, "host_id": host_id})),
-                Put(owner_key, dump({"address": held_address})),
-                Delete(owner_prefix(pool_id) + held["owner"]),
-            ]
-            return RETRY if self._txn([unchanged(key, current), absent(owner_key)], ops) is RETRY else True
+            holds, compares, ops = adoption(pool_id, address, host_id, owner, *self._kv.get(*keys))
+            if not ops:
+                return holds
+            return RETRY if self._txn(compares, ops) is RETRY else True
 
         return self._retry(f"adopting address {address}", attempt)
 
@@ -309,3 +295,36 @@ class IpamPolicy:
         """address -> owner, for every reserved address of the pool (empty for an unknown pool)."""
         items, _ = self._kv.range(address_prefix(pool_id))
         return {i.key.rsplit("/", 1)[1]: load(i)["owner"] for i in items}
+
+
+def adoption_keys(pool_id: str, address: str, owner: str) -> tuple[str, str]:
+    """The keys adoption() reads: the address's and the new owner's."""
+    return address_prefix(pool_id) + _bare(address), owner_prefix(pool_id) + owner
+
+
+def _bare(address: str) -> str:
+    return str(alloc.parse_address(address.split("/")[0]))
+
+
+def adoption(
+    pool_id: str, address: str, host_id: str, owner: str, current: Item | None, owner_kv: Item | None
+) -> tuple[bool, list[Compare], list[Any]]:
+    """From the items at adoption_keys(): whether ``owner`` holds the address once the returned compares
+    and ops are committed (no ops: nothing to write, or not adoptable). See adopt_address."""
+    held = load(current) if current is not None else {}
+    if held.get("owner") == owner:
+        return True, [], []  # a resent CreateEndpoint, or Docker sent the MAC
+    if (
+        current is None
+        or not str(held.get("owner", "")).startswith(REQUEST_OWNER_PREFIX)
+        or held.get("host_id") != host_id
+        or owner_kv is not None
+    ):
+        return False, [], []
+    key, owner_key = adoption_keys(pool_id, address, owner)
+    ops = [
+        Put(key, dump({"owner": owner, "host_id": host_id})),
+        Put(owner_key, dump({"address": _bare(address)})),
+        Delete(owner_prefix(pool_id) + held["owner"]),
+    ]
+    return True, [unchanged(key, current), absent(owner_key)], ops

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 
-from .ipam import RETRY
+from .ipam import RETRY, adoption, adoption_keys
 from .keys import (
     ENDPOINTS,
     HOSTS,
@@ -69,13 +69,17 @@ class Store(NetworkPolicy):
         return [Host.from_json(load(i)) for i in items]
 
     # -- endpoints ----------------------------------------------------------------------------------
-    def put_endpoint(self, endpoint: Endpoint) -> Endpoint:
-        """Create or overwrite. NotFound if its network does not exist."""
+    def put_endpoint(self, endpoint: Endpoint, adopt_from_pool: str | None = None) -> Endpoint:
+        """Create or overwrite. NotFound if its network does not exist. With ``adopt_from_pool``, the
+        endpoint's address in that pool passes to its MAC in the same transaction, as adopt_address
+        would hand it over (or leaves it as it is, as adopt_address would)."""
         segment(endpoint.network_id, "network id")
         index_key = endpoint_index_key(segment(endpoint.endpoint_id, "endpoint id"))
+        adopting = adopt_from_pool is not None and endpoint.address is not None
+        adopt_keys = adoption_keys(adopt_from_pool, endpoint.address, endpoint.mac) if adopting else ()  # type: ignore[arg-type]
 
         def attempt(_: int) -> Endpoint:
-            network, index = self._kv.get(NETWORKS + endpoint.network_id, index_key)
+            network, index, *held = self._kv.get(NETWORKS + endpoint.network_id, index_key, *adopt_keys)
             if network is None:
                 raise NotFound(f"network {endpoint.network_id} not found")
             ops: list[Put | Delete] = [
@@ -88,6 +92,15 @@ class Store(NetworkPolicy):
                 same_incarnation(NETWORKS + endpoint.network_id, network),
                 unchanged(index_key, index),
             ]
+            if adopting:
+                _, more_compares, more_ops = adoption(
+                    adopt_from_pool,
+                    endpoint.address,
+                    endpoint.host_id,
+                    endpoint.mac,
+                    *held,  # type: ignore[arg-type]
+                )
+                compares, ops = compares + more_compares, ops + more_ops
             return endpoint if self._txn(compares, ops) is not RETRY else RETRY
 
         return self._retry("storing an endpoint", attempt)

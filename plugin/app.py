@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from . import messages as m
 from .errors import BadRequest, ConflictError, KernelError, PluginError, StoreDown, UnknownObject
 from .services.ipam import IpamService
 from .services.network import NetworkService
+from .timings import RequestTimings
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +75,33 @@ def _answer_error(exc: Exception) -> Response | HTTPException:
     return _answer({"Err": message}, error.status)
 
 
-def create_app(network: NetworkService, ipam: IpamService) -> Flask:
+TIMINGS_PATH = "/pyoverlay.Timings"  # private: not a Docker plugin call, Docker never sends it
+
+
+def create_app(network: NetworkService, ipam: IpamService, timings: RequestTimings | None = None) -> Flask:
     """The Flask app for one agent; no global state."""
     app = Flask("pyoverlay")
     app.register_error_handler(Exception, _answer_error)
+    timings = timings if timings is not None else RequestTimings()
 
     def route(path: str, call: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
         def view() -> Response:
-            return _answer(call(_body()) or {})
+            start = time.perf_counter()
+            try:
+                return _answer(call(_body()) or {})
+            finally:  # refused requests count too: their time is Docker's wait as well
+                timings.record(path, time.perf_counter() - start)
 
         app.add_url_rule(path, endpoint=path, view_func=view, methods=["POST"])
+
+    def timings_view() -> Response:
+        # {"Reset": true} clears them after reading, so a benchmark can measure one phase
+        summary = timings.summary()
+        if _body().get("Reset"):
+            timings.reset()
+        return _answer({"Timings": summary})
+
+    app.add_url_rule(TIMINGS_PATH, endpoint=TIMINGS_PATH, view_func=timings_view, methods=["POST"])
 
     route("/Plugin.Activate", lambda b: {"Implements": ["NetworkDriver", "IpamDriver"]})
 

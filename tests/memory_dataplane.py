@@ -60,6 +60,17 @@ class MemoryDataplane:
         with self._lock:
             return set(self.networks)
 
+    def has_network(self, vni: int) -> bool:
+        with self._lock:
+            return vni in self.networks
+
+    def join_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
+        with self._lock:
+            if vni in self.networks and self.endpoints.get(endpoint_id) == (vni, mac, mtu):
+                self.calls.append(("join_endpoint", endpoint_id))
+                return f"poc{endpoint_id[:12]}"
+        return self.ensure_endpoint(vni, endpoint_id, mac, mtu)
+
     def ensure_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
         veth_names(endpoint_id)  # ValueError for an id no veth can be named after, as in the kernel
         with self._lock:

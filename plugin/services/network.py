@@ -184,13 +184,13 @@ class NetworkService:
         if current is not None and _identity(current) != _identity(endpoint):
             raise BadRequest(f"endpoint {req.endpoint_id[:12]} exists with other settings")
         if current is None:
-            if network.pool_id and req.address:
-                # the IPAM got no MAC: the address becomes the MAC's, as forget_host and Docker sync expect
-                self.store.adopt_address(network.pool_id, str(req.address.ip), self.host_id, mac)
-            self.store.put_endpoint(endpoint)
+            # the IPAM got no MAC: the address becomes the MAC's, as forget_host and Docker sync expect,
+            # in the endpoint record's own transaction
+            adopt = network.pool_id if network.pool_id and req.address else None
+            self.store.put_endpoint(endpoint, adopt_from_pool=adopt)
         mtu = self.mtu_for(network)
         try:
-            if network.vni not in self.dataplane.network_vnis():
+            if not self.dataplane.has_network(network.vni):
                 # devices vanished (host reboot): rebuild rather than fail; the event loop checks drift
                 self.dataplane.ensure_network(network.vni, mtu, self.vtep, self.vxlan_port)
             self.dataplane.ensure_endpoint(network.vni, req.endpoint_id, mac, mtu)
@@ -210,6 +210,9 @@ class NetworkService:
             self.store.delete_endpoint(endpoint_id)
 
     def endpoint(self, req: EndpointRequest) -> Endpoint:
+        return self._endpoint_on_network(req)[0]
+
+    def _endpoint_on_network(self, req: EndpointRequest) -> tuple[Endpoint, Network]:
         try:
             endpoint = self.store.get_endpoint(req.endpoint_id)
         except NotFound:
@@ -220,12 +223,12 @@ class NetworkService:
                 f"endpoint {req.endpoint_id[:12]} is not on network "
                 f"{network.name or req.docker_network_id[:12]}"
             )
-        return endpoint
+        return endpoint, network
 
     def join(self, req: EndpointRequest) -> dict[str, object]:
-        endpoint = self.endpoint(req)
-        network = self.store.get_network(endpoint.network_id)
-        container_side = self.dataplane.ensure_endpoint(
+        endpoint, network = self._endpoint_on_network(req)  # the network read once, not again by its id
+        # CreateEndpoint has just ensured the pair: Join only checks it (and ensures it if it changed)
+        container_side = self.dataplane.join_endpoint(
             network.vni, endpoint.endpoint_id, endpoint.mac, self.mtu_for(network)
         )
         if endpoint.address:

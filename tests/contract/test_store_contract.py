@@ -226,6 +226,22 @@ def test_vnis_are_unique_and_reused(store: Store) -> None:
 
 
 # -- endpoints --------------------------------------------------------------------------------------
+def test_put_endpoint_adopts_its_address_in_the_same_write(make_store) -> None:
+    a, b = make_store(), make_store()
+    p = pool(a, "10.1.0.0/24", "h1")
+    net = network(a, "h1", "dockA", p.pool_id)
+    mine = a.reserve_address(p.pool_id, REQUEST_OWNER_PREFIX + "1", "h1")
+    theirs = b.reserve_address(p.pool_id, REQUEST_OWNER_PREFIX + "2", "h2")
+    mac = "02:42:0a:01:00:02"
+    e1 = a.put_endpoint(endpoint("e1", net.network_id, "h1", mac, f"{mine}/24"), adopt_from_pool=p.pool_id)
+    assert a.put_endpoint(e1, adopt_from_pool=p.pool_id) == e1  # resent: no change
+    # another host's address is left as it is, as adopt_address leaves it; the record is still written
+    a.put_endpoint(endpoint("e2", net.network_id, "h1", "02:00:00:00:00:09", f"{theirs}/24"), p.pool_id)
+    assert a.list_addresses(p.pool_id) == {mine: mac, theirs: REQUEST_OWNER_PREFIX + "2"}
+    assert [e.endpoint_id for e in b.list_endpoints(net.network_id)] == ["e1", "e2"]
+    assert a.reserve_address(p.pool_id, mac, "h1") == mine  # the MAC owns it: a request with it is a retry
+
+
 def test_endpoint_crud(store: Store) -> None:
     net = network(store, "h1", "dockA")
     other = network(store, "h1", "dockB")

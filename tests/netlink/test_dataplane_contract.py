@@ -32,9 +32,11 @@ def test_network_lifecycle_is_idempotent(plane) -> None:
     plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
     plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
     assert plane.network_vnis() == {TEST_VNI}
+    assert plane.has_network(TEST_VNI) and not plane.has_network(TEST_VNI + 1)
     plane.delete_network(TEST_VNI)
     plane.delete_network(TEST_VNI)
     assert plane.network_vnis() == set()
+    assert not plane.has_network(TEST_VNI)
     with pytest.raises(ValueError):
         plane.ensure_network(0, 1450, "192.0.2.1")
 
@@ -45,6 +47,7 @@ def test_endpoints_need_their_network_and_outlive_it(plane) -> None:
     plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
     first = plane.ensure_endpoint(TEST_VNI, ENDPOINT, "02:42:0a:01:00:02", 1450)
     assert plane.ensure_endpoint(TEST_VNI, ENDPOINT, "02:42:0a:01:00:02", 1450) == first
+    assert plane.join_endpoint(TEST_VNI, ENDPOINT, "02:42:0a:01:00:02", 1450) == first
     assert plane.endpoint_ids_prefixes() == {ENDPOINT[:12]}
     plane.delete_endpoint(ENDPOINT)
     plane.delete_endpoint(ENDPOINT)

@@ -96,6 +96,51 @@ def test_ensure_endpoint_replaces_stray_devices(network: Dataplane, ns: str) -> 
     assert host.get("link") == peer["index"] and peer.get("address") == MAC
 
 
+def test_join_endpoint_keeps_a_pair_in_place(network: Dataplane, ns: str) -> None:
+    network.ensure_endpoint(VNI, EP, MAC, 1450)
+    with IPRoute(netns=ns, flags=0) as ipr:
+        before = (link(ipr, HOST)["index"], link(ipr, CONTAINER)["index"])
+
+    assert network.join_endpoint(VNI, EP, MAC, 1450) == CONTAINER
+
+    with IPRoute(netns=ns, flags=0) as ipr:
+        assert (link(ipr, HOST)["index"], link(ipr, CONTAINER)["index"]) == before
+
+
+@pytest.mark.parametrize("change", ["detached", "down", "mtu", "mac", "gone"])
+def test_join_endpoint_repairs_what_changed_since_create(network: Dataplane, ns: str, change: str) -> None:
+    network.ensure_endpoint(VNI, EP, MAC, 1450)
+    with IPRoute(netns=ns, flags=0) as ipr:
+        host, peer = link(ipr, HOST), link(ipr, CONTAINER)
+        if change == "detached":
+            ipr.link("set", index=host["index"], master=0)
+        elif change == "down":
+            ipr.link("set", index=host["index"], state="down")
+        elif change == "mtu":
+            ipr.link("set", index=host["index"], mtu=1300)
+        elif change == "mac":
+            ipr.link("set", index=peer["index"], address="02:42:0a:01:00:99")
+        else:
+            ipr.link("del", index=host["index"])
+
+    assert network.join_endpoint(VNI, EP, MAC, 1450) == CONTAINER
+
+    with IPRoute(netns=ns, flags=0) as ipr:
+        host, peer = link(ipr, HOST), link(ipr, CONTAINER)
+        assert host.get("master") == link(ipr, BR)["index"] and host["flags"] & IFF_UP
+        assert host.get("mtu") == 1450 and peer.get("mtu") == 1450 and peer.get("address") == MAC
+
+
+def test_join_endpoint_after_container_side_moved(
+    network: Dataplane, ns: str, make_netns: Callable[[], str]
+) -> None:
+    network.ensure_endpoint(VNI, EP, MAC, 1450)
+    move_link(ns, CONTAINER, make_netns())
+
+    assert network.join_endpoint(VNI, EP, MAC, 1450) == CONTAINER
+    assert CONTAINER not in pyoverlay_links(ns)
+
+
 def test_delete_endpoint_is_idempotent(network: Dataplane, ns: str) -> None:
     network.ensure_endpoint(VNI, EP, MAC, 1450)
 
