@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from kvstore import HOST_KIND, Endpoint, Network, NotFound, Store
 
 from ..errors import BadRequest, UnknownObject
+from .network import mac_for_address
 
 ID_PREFIX = "host-"
 MIN_ID_PREFIX = 12  # a network given by id needs at least this many characters
@@ -23,12 +24,6 @@ MIN_ID_PREFIX = 12  # a network given by id needs at least this many characters
 def exposure_id(host_id: str, network_id: str) -> str:
     """The endpoint id of a host's exposure on a network: the same on every call, unique per pair."""
     return f"{ID_PREFIX}{host_id}-{network_id}"
-
-
-def host_mac(address: str) -> str:
-    """02:42 and the four bytes of the IPv4 address: the bridge's MAC while the address is exposed."""
-    packed = ipaddress.IPv4Address(address.split("/")[0]).packed
-    return ":".join(f"{b:02x}" for b in (0x02, 0x42, *packed))
 
 
 @dataclass
@@ -69,7 +64,7 @@ class ExposureService:
             network_id=network.network_id,
             host_id=self.host_id,
             vtep=vtep,
-            mac=host_mac(ip),
+            mac=mac_for_address(ipaddress.IPv4Interface(ip)),  # the bridge's MAC while exposed
             address=f"{ip}/{prefixlen}",
             kind=HOST_KIND,
         )

@@ -4,6 +4,8 @@ on the others, never garbage, gone with a hide, with leaving and with the networ
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 import plugin.docker_sync
@@ -13,7 +15,8 @@ from kvstore import Host as Registration
 from kvstore.alloc import VNI_MIN
 from plugin.errors import BadRequest, UnknownObject
 from plugin.event_loop import EventLoop
-from plugin.services.exposure import ExposureService, exposure_id, host_mac
+from plugin.services.exposure import ExposureService, exposure_id
+from plugin.services.network import mac_for_address
 
 from .conftest import Host, Net
 from .test_docker_sync import daemon_of
@@ -41,7 +44,11 @@ def test_expose_puts_the_address_on_this_bridge_and_a_peer_on_the_others(host_a:
     _, theirs = both_on_ov(host_a, host_b)
     exposure = exposing(host_a).expose("ov")
     ip = exposure.address.split("/")[0]
-    assert exposure.address.endswith("/24") and exposure.kind == HOST_KIND and exposure.mac == host_mac(ip)
+    assert (
+        exposure.address.endswith("/24")
+        and exposure.kind == HOST_KIND
+        and exposure.mac == mac_for_address(ipaddress.IPv4Interface(ip))
+    )
     assert host_a.store.list_addresses(theirs.pool_id)[ip] == exposure.endpoint_id  # never a container's
     host_a.drain(lambda: host_a.dp.host_addresses.get(VNI_MIN) == (exposure.address, exposure.mac))
     assert host_a.dp.peers[VNI_MIN].fdb == frozenset()  # its own exposure is no remote peer

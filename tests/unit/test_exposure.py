@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from kvstore import CONTAINER_KIND, HOST_KIND, Endpoint
 from plugin.event_loop import own_host_address, remote_peers
-from plugin.services.exposure import exposure_id, host_mac
+from plugin.services.exposure import exposure_id
+from plugin.services.network import mac_for_address
 
 
 def test_the_mac_is_02_42_and_the_address_bytes() -> None:
-    assert host_mac("10.30.0.254") == "02:42:0a:1e:00:fe"
-    assert host_mac("192.168.1.2/24") == "02:42:c0:a8:01:02"
+    assert mac_for_address(ipaddress.IPv4Interface("10.30.0.254")) == "02:42:0a:1e:00:fe"
+    assert mac_for_address(ipaddress.IPv4Interface("192.168.1.2/24")) == "02:42:c0:a8:01:02"
 
 
 def test_the_id_is_per_host_and_network_and_never_a_veth_name() -> None:
@@ -20,7 +23,15 @@ def test_the_id_is_per_host_and_network_and_never_a_veth_name() -> None:
 
 def test_only_this_hosts_exposure_goes_on_its_bridge_and_the_others_are_peers() -> None:
     def record(eid: str, host: str, kind: str, address: str) -> Endpoint:
-        return Endpoint(eid, "n", host, f"192.0.2.{host[-1]}", host_mac(address), address, kind=kind)
+        return Endpoint(
+            eid,
+            "n",
+            host,
+            f"192.0.2.{host[-1]}",
+            mac_for_address(ipaddress.IPv4Interface(address)),
+            address,
+            kind=kind,
+        )
 
     endpoints = {
         e.endpoint_id: e
