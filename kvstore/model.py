@@ -99,6 +99,11 @@ class Endpoint:
     kind: str = CONTAINER_KIND  # HOST_KIND: the host's own address on the network, on its bridge (no veth)
 
     @property
+    def ip(self) -> str | None:
+        """The IPv4 address without its prefix length (10.0.0.5), or None."""
+        return self.address.split("/")[0] if self.address else None
+
+    @property
     def address_owner(self) -> str:
         """Who owns the endpoint's address in the pool: a container's MAC, a host exposure's own id."""
         return self.endpoint_id if self.kind == HOST_KIND else self.mac

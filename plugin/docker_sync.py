@@ -252,7 +252,7 @@ class DockerSync:
                 continue
             log.info("removing endpoint %s: no veth and no container on this host", endpoint_id[:12])
             self.store.delete_endpoint(endpoint_id)
-            address = endpoint.address.split("/")[0] if endpoint.address else None
+            address = endpoint.ip
             # only while the endpoint's MAC still owns it: Docker may have released it to another container
             if (
                 network.pool_id

@@ -30,13 +30,9 @@ NETWORKS, BINDINGS, ENDPOINTS = "networks", "bindings", "endpoints/"  # scopes; 
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
 
 
-def _ip(endpoint: Endpoint) -> str | None:
-    return endpoint.address.split("/")[0] if endpoint.address else None
-
-
 def remote_peers(host_id: str, endpoints: dict[str, Endpoint]) -> list[Peer]:
     """Endpoints on other hosts, as the dataplane programs them."""
-    return [Peer(mac=e.mac, ip=_ip(e), vtep=e.vtep) for e in endpoints.values() if e.host_id != host_id]
+    return [Peer(mac=e.mac, ip=e.ip, vtep=e.vtep) for e in endpoints.values() if e.host_id != host_id]
 
 
 def _announces(host_id: str, before: Endpoint | None, after: Endpoint) -> bool:
@@ -44,7 +40,7 @@ def _announces(host_id: str, before: Endpoint | None, after: Endpoint) -> bool:
     address, or its IP-to-MAC mapping changed."""
     if after.host_id == host_id or not after.address:
         return False
-    return before is None or (_ip(before), before.mac) != (_ip(after), after.mac)
+    return before is None or (before.ip, before.mac) != (after.ip, after.mac)
 
 
 def own_host_address(host_id: str, endpoints: dict[str, Endpoint]) -> tuple[str, str] | None:
@@ -300,7 +296,7 @@ class EventLoop:
         if network is None:
             return
         for endpoint in endpoints:
-            ip = _ip(endpoint)
+            ip = endpoint.ip
             if ip is None:
                 continue
             try:

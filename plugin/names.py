@@ -34,9 +34,9 @@ class NameIndex:
         names: dict[str, list[str]] = {}
         reverse: dict[str, str] = {}
         for endpoint in sorted(endpoints, key=lambda e: e.endpoint_id):
-            if not endpoint.address or not endpoint.container_name:
+            address = endpoint.ip
+            if not address or not endpoint.container_name:
                 continue
-            address = endpoint.address.split("/")[0]
             reverse[address] = endpoint.container_name
             for name in {normalize(n) for n in (endpoint.container_name, *endpoint.aliases) if n}:
                 names.setdefault(name, []).append(address)

@@ -231,10 +231,10 @@ class NetworkService:
         container_side = self.dataplane.join_endpoint(
             network.vni, endpoint.endpoint_id, endpoint.mac, self.mtu_for(network)
         )
-        if endpoint.address:
+        if endpoint.ip:
             # neighbours on this host that cached another MAC for the address update it at once
             try:
-                self.dataplane.announce(network.vni, endpoint.address.split("/")[0], endpoint.mac)
+                self.dataplane.announce(network.vni, endpoint.ip, endpoint.mac)
             except DataplaneError as exc:
                 log.warning("endpoint %s: %s", endpoint.endpoint_id[:12], exc)
         # No Gateway: Docker then attaches docker_gwbridge for outbound NAT and -p publishing.
