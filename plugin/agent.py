@@ -14,10 +14,10 @@ from driver.service_address import ensure_service_address
 from driver.underlay import default_route_address, mtu_for_address
 from kvstore import Host, Network, Store, StoreError, open_store
 
-from .dns_server import DnsServer
-from .dns_upstreams import Upstreams
 from .docker_sync import DockerSync
 from .event_loop import EventLoop
+from .nameservice.server import DnsServer
+from .nameservice.upstreams import Upstreams
 from .services.ipam import IpamService
 from .services.network import NetworkService
 from .settings import Settings

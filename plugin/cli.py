@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import cli_expose, pidfile
 from . import settings as settings_mod
-from .dns_upstreams import RESOLV_CONF, fallback_servers
+from .nameservice.upstreams import RESOLV_CONF, fallback_servers
 
 STOP_TIMEOUT = 15.0  # seconds; gunicorn gives its worker 5 s to finish, then kills it
 

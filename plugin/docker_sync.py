@@ -32,7 +32,7 @@ from .containers import (
     inspected_aliases,
 )
 from .event_loop import View
-from .names import Askers
+from .nameservice.index import Askers
 
 log = logging.getLogger(__name__)
 

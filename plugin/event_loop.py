@@ -22,7 +22,7 @@ from driver import Dataplane, DataplaneError
 from driver.peers import Peer, desired_state, diff
 from kvstore import HOST_KIND, Endpoint, Event, Network, NotFound, Store, StoreError
 
-from .names import NameIndex
+from .nameservice.index import NameIndex
 
 log = logging.getLogger(__name__)
 

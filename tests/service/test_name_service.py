@@ -12,9 +12,9 @@ import dns.query
 import dns.rcode
 import pytest
 
-from plugin.dns_server import DnsServer
-from plugin.dns_upstreams import Upstreams
-from plugin.names import Askers
+from plugin.nameservice.index import Askers
+from plugin.nameservice.server import DnsServer
+from plugin.nameservice.upstreams import Upstreams
 from tests.dns_upstream import Upstream
 
 from .conftest import Host

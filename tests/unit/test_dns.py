@@ -7,10 +7,10 @@ import dns.rrset
 
 from kvstore import Endpoint
 from plugin.cli import daemon_config
-from plugin.dns_cache import AnswerCache
-from plugin.dns_server import _udp_wire
-from plugin.dns_upstreams import fallback_servers
-from plugin.names import NameIndex
+from plugin.nameservice.cache import AnswerCache
+from plugin.nameservice.index import NameIndex
+from plugin.nameservice.server import _udp_wire
+from plugin.nameservice.upstreams import fallback_servers
 from plugin.settings import Settings
 
 NETS = frozenset({"n1"})

@@ -8,8 +8,8 @@ import dns.reversename
 
 from kvstore import Endpoint
 from plugin.containers import attached_endpoints, container_addresses
-from plugin.dns_answers import answer
-from plugin.names import NameIndex
+from plugin.nameservice.answers import answer
+from plugin.nameservice.index import NameIndex
 
 
 def ep(endpoint_id: str, network_id: str, address: str, name: str, aliases=(), host="h1") -> Endpoint:

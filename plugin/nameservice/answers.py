@@ -17,7 +17,7 @@ import dns.rdatatype
 import dns.reversename
 import dns.rrset
 
-from .names import NameIndex
+from .index import NameIndex
 
 TTL = 0  # names follow containers within a second: nothing may cache them longer than Docker does
 

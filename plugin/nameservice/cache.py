@@ -4,7 +4,7 @@ receiving thread without parsing or rendering."""
 
 from __future__ import annotations
 
-from .names import NameIndex
+from .index import NameIndex
 
 MAX_QUESTION = 512  # bigger questions (padded EDNS) are answered, not cached: the cache stays small
 

@@ -1,8 +1,8 @@
 """The host's name service: a DNS server on one address of this host (the daemon's `dns` setting names
 it), over UDP and TCP. Docker's embedded DNS (127.0.0.11 in every container) answers its own host's
 names and forwards the rest here, from inside the asking container; this server answers the names of
-the asker's networks on every host (dns_answers) and forwards everything else to the host's resolvers
-(dns_upstreams). It serves this host's containers and the host itself, no one else."""
+the asker's networks on every host (answers) and forwards everything else to the host's resolvers
+(upstreams). It serves this host's containers and the host itself, no one else."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import dns.flags
 import dns.message
 import dns.query
 
-from .dns_answers import answer, refused
-from .dns_cache import AnswerCache
-from .dns_upstreams import Upstreams
-from .names import Askers, NameIndex
+from .answers import answer, refused
+from .cache import AnswerCache
+from .index import Askers, NameIndex
+from .upstreams import Upstreams
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import dns.message
 import dns.query
 import dns.resolver
 
-from .dns_answers import failure
+from .answers import failure
 
 log = logging.getLogger(__name__)
 
