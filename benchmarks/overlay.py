@@ -130,7 +130,7 @@ def convergence(lab: Lab, trials: int) -> dict[str, list[float]]:
 def _wait_neighbour(h: LabHost, target: str, found: list[float], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if target in h.run(["ip", "neigh", "show", "to", target, "nud", "permanent"]).stdout:
+        if target in h.in_networks(["ip", "neigh", "show", "to", target, "nud", "permanent"]):
             found.append(time.monotonic())
             return
         time.sleep(0.005)

@@ -7,12 +7,9 @@ and never learned (the bridge learns only from frames received on a port).
 
 import ipaddress
 import logging
-import socket
 import threading
 import time
-from collections.abc import Iterable
-
-from pyroute2.netns import create_socket
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +30,9 @@ def garp_frame(ip: str, mac: str) -> bytes:
     return (ethernet + arp).ljust(MIN_FRAME, b"\0")
 
 
-def send_frame(netns: str | None, ifname: str, frame: bytes) -> None:
-    """Send one raw Ethernet frame out of ifname in netns (None: the current namespace)."""
-    if netns is None:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    else:
-        # flags=0: fail on a missing namespace instead of creating it
-        sock = create_socket(netns, socket.AF_PACKET, socket.SOCK_RAW, 0, flags=0)
-    with sock:
-        sock.bind((ifname, 0))
-        sock.send(frame)
-
-
-def send_later(netns: str | None, ifname: str, frame: bytes, delays: Iterable[float]) -> None:
-    """Send the frame again after each delay (seconds from now), from a short-lived thread; a failure
-    (the bridge or namespace went meanwhile) only ends the repeats."""
+def send_later(send: Callable[[], None], ifname: str, delays: Iterable[float]) -> None:
+    """Call send again after each delay (seconds from now), from a short-lived thread; a failure (the
+    bridge or namespace went meanwhile) only ends the repeats."""
     delays = sorted(delays)
     if not delays:
         return
@@ -57,7 +42,7 @@ def send_later(netns: str | None, ifname: str, frame: bytes, delays: Iterable[fl
         for delay in delays:
             time.sleep(max(0.0, start + delay - time.monotonic()))
             try:
-                send_frame(netns, ifname, frame)
+                send()
             except Exception as exc:  # pyroute2's namespace helper raises its own types too
                 log.debug("%s: announce again: %s", ifname, exc)
                 return

@@ -10,6 +10,8 @@ import os
 import re
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -23,6 +25,7 @@ from .links import (
     describe,
     ensure_bridge,
     ensure_host_address,
+    ensure_host_port,
     ensure_veth,
     ensure_vxlan,
     find_link,
@@ -32,80 +35,82 @@ from .links import (
     veth_in_place,
 )
 from .names import (
+    HOST_VETH_PREFIX,
     bridge_name,
     check_vni,
     endpoint_prefix_from_name,
+    exposure_names,
     veth_names,
     vni_from_name,
     vxlan_name,
 )
+from .netns import DEFAULT_SCOPE, NETNS_DIR, ensure_netns, identity, network_netns, network_vnis, remove_netns
 from .peers import FLOOD_MAC, PeerChanges, PeerState, normalize_mac
+from .sockets import NetlinkSockets, PacketSockets, open_iproute
 
-__all__ = ["Dataplane", "DataplaneError"]
+__all__ = ["Dataplane", "DataplaneError", "open_iproute"]
 
-SOCKET_USES = 500  # accesses of a thread's IPRoute before it is replaced
 ANNOUNCE_AGAIN = (0.5, 2.0)  # seconds after the first announcement: neighbours that missed it, a veth moving
 _FDB_FLAGS = NTF_SELF  # on the VXLAN device itself; without it the entry lands in the bridge's table
 _FDB_STATE = NUD_PERMANENT | NUD_NOARP
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
-def open_iproute(netns: str | None) -> IPRoute:
-    """A new IPRoute in netns (None: the current one) that subscribes to no events.
-
-    Subscribed sockets queue every broadcast the kernel sends; a long-lived agent never reads them.
-    flags=0: pyroute2 would otherwise create a missing namespace instead of failing.
-    """
+@contextmanager
+def _netns_fd(path: str) -> Iterator[int]:
     try:
-        if netns is None:
-            return IPRoute(groups=0)
-        return IPRoute(netns=netns, flags=0, groups=0)
+        fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
-        raise DataplaneError(f"netns {netns or '(current)'}: open netlink socket: {describe(exc)}") from exc
+        raise DataplaneError(f"netns {path}: open: {describe(exc)}") from exc
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 class Dataplane:
-    """Kernel operations for one host (or one test namespace)."""
+    """Kernel operations for one host (or one test namespace standing for a host).
 
-    def __init__(self, netns: str | None = None, announce_again: tuple[float, ...] = ANNOUNCE_AGAIN) -> None:
-        self.netns = netns
+    Each network lives in a namespace of its own (driver/netns.py): its bridge, its VXLAN device (whose UDP
+    socket stays in the host's namespace) and the bridge ports of its endpoints' veths; the container
+    sides are made in the host's namespace, where Docker picks them up.
+    """
+
+    def __init__(
+        self,
+        netns: str | None = None,
+        announce_again: tuple[float, ...] = ANNOUNCE_AGAIN,
+        netns_dir: str = NETNS_DIR,
+    ) -> None:
+        self.netns = netns  # the host's namespace (None: this process's)
+        self.netns_dir = netns_dir
+        self.scope = netns or DEFAULT_SCOPE  # networks' namespaces are <scope>-<vni>
         self.announce_again = announce_again
-        self._local = threading.local()
-        self._sockets: list[tuple[int, IPRoute]] = []
-        self._sockets_lock = threading.Lock()
-        # network-level changes (devices shared by all endpoints, firewall rules) go one at a time
+        self._sockets = NetlinkSockets()
+        self._packets = PacketSockets()
+        # network-level changes (devices shared by all endpoints, namespaces) go one at a time
         self._network_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------------
 
     @property
-    def _ipr(self) -> IPRoute:
-        local = self._local
-        ipr = getattr(local, "ipr", None)
-        local.uses = getattr(local, "uses", 0) + 1
-        if ipr is not None and local.pid == os.getpid() and local.uses > SOCKET_USES:
-            # pyroute2 0.9's IPRoute keeps the ACK of every link("get") queued until the socket closes
-            # (find_link; one page each under the agent's pinned mmap threshold): this bounds them
-            with self._sockets_lock:
-                self._sockets.remove((local.pid, ipr))
-            ipr.close()
-            ipr = None
-        # a socket inherited across fork belongs to the parent: never reuse it
-        if ipr is None or local.pid != os.getpid():
-            ipr = open_iproute(self.netns)
-            local.ipr, local.pid, local.uses = ipr, os.getpid(), 0
-            with self._sockets_lock:
-                self._sockets.append((os.getpid(), ipr))
-        return ipr
+    def _host(self) -> IPRoute:
+        return self._sockets.get(self.netns)
+
+    def network_netns(self, vni: int) -> str:
+        """The path of the network's namespace."""
+        return network_netns(self.netns_dir, self.scope, vni)
+
+    def _net(self, vni: int, operation: str) -> IPRoute:
+        path = self.network_netns(vni)
+        if identity(path) is None:
+            raise DataplaneError(f"{bridge_name(vni)}: {operation}: device not found (no namespace {path})")
+        return self._sockets.get(path, track_identity=True)
 
     def close(self) -> None:
-        """Close the netlink sockets of all threads; call once at shutdown (or at the end of a test)."""
-        with self._sockets_lock:
-            sockets, self._sockets = self._sockets, []
-        for pid, ipr in sockets:
-            if pid == os.getpid():
-                ipr.close()
-        self._local = threading.local()
+        """Close the sockets of all threads; call once at shutdown (or at the end of a test)."""
+        self._sockets.close()
+        self._packets.close()
 
     def __enter__(self) -> "Dataplane":
         return self
@@ -116,90 +121,146 @@ class Dataplane:
     # -- networks ---------------------------------------------------------------------------------
 
     def ensure_network(self, vni: int, mtu: int, local_ip: str, port: int = 4789) -> None:
-        """Bridge + VXLAN device + FORWARD rule for a network; adopts, fixes or recreates what exists."""
+        """The network's namespace, bridge and VXLAN device; adopts, fixes or recreates what exists."""
         check_vni(vni)
         try:
             local = str(ipaddress.IPv4Address(local_ip.strip()))  # compared with what the kernel reports
         except ValueError as exc:
             raise DataplaneError(f"{vxlan_name(vni)}: create vxlan: local {local_ip!r} is not IPv4") from exc
+        path = self.network_netns(vni)
         with self._network_lock:
-            bridge = ensure_bridge(self._ipr, bridge_name(vni), mtu)
-            ensure_vxlan(self._ipr, vxlan_name(vni), vni, local, port, mtu, bridge)
-            firewall.ensure_forward_rule(vni, self.netns)
+            ensure_netns(path)
+            net = self._net(vni, "create bridge")
+            bridge = ensure_bridge(net, bridge_name(vni), mtu)
+            with _netns_fd(path) as fd:
+                self._move_in_from_host(vni, net, bridge, fd)
+                ensure_vxlan(
+                    net, vxlan_name(vni), vni, local, port, mtu, bridge, creator=self._host, netns_fd=fd
+                )
+
+    def _move_in_from_host(self, vni: int, net: IPRoute, bridge: Any, fd: int) -> None:
+        """Take over a network built in the host's namespace (pyoverlay before network namespaces): its
+        VXLAN device goes (freeing the VNI on the port), its endpoints' ports move to the new bridge."""
+        host = self._host
+        old_bridge = find_link(host, bridge_name(vni))
+        if delete_link(host, vxlan_name(vni)) is False and old_bridge is None:
+            return
+        if old_bridge is not None:
+            with kernel_op(bridge_name(vni), "list ports in the host's namespace"):
+                ports = [link for link in host.link("dump") if link.get("master") == old_bridge["index"]]
+            for port in ports:
+                name = port.get("ifname")
+                if not name.startswith(HOST_VETH_PREFIX):
+                    continue
+                with kernel_op(name, "move into the network's namespace"):
+                    host.link("set", index=port["index"], net_ns_fd=fd)
+                moved = require_link(net, name, "move into the network's namespace")
+                with kernel_op(name, f"attach to bridge {bridge.get('ifname')}"):
+                    net.link("set", index=moved["index"], master=bridge["index"], state="up")
+            delete_link(host, bridge_name(vni))
+        firewall.delete_forward_rules(vni, self.netns)
 
     def delete_network(self, vni: int) -> None:
-        """Remove the network's VXLAN device, bridge and FORWARD rules; nothing to do if they are gone."""
+        """Remove the network's namespace and devices (and the host's side of an exposure); nothing to do
+        if they are gone."""
         check_vni(vni)
+        path = self.network_netns(vni)
         with self._network_lock:
-            delete_link(self._ipr, vxlan_name(vni))
-            delete_link(self._ipr, bridge_name(vni))
-            firewall.delete_forward_rules(vni, self.netns)
+            host = self._host
+            delete_link(host, exposure_names(vni)[0])  # its port on the bridge goes with it
+            if find_link(host, bridge_name(vni)) is not None or delete_link(host, vxlan_name(vni)):
+                delete_link(host, bridge_name(vni))  # built in the host's namespace, before namespaces
+                firewall.delete_forward_rules(vni, self.netns)
+            if identity(path) is None:
+                return
+            # explicitly, and now: a socket another thread still holds keeps the namespace alive (never
+            # the VNI, the veths' container sides), and the kernel frees a namespace in the background
+            net = self._net(vni, "delete network")
+            for name in self._link_names(net):
+                if name != "lo":
+                    delete_link(net, name)
+            self._sockets.drop(path)
+            self._packets.drop(path)
+            remove_netns(path)
 
     def ensure_host_address(self, vni: int, address: str | None, mac: str | None = None) -> None:
-        """This host's own address on the network (pyoverlay expose): the bridge holds exactly
-        ``address`` (IPv4 CIDR) and has ``mac``. None: no address, and the bridge takes its VXLAN
-        device's MAC again, so the exposed address's MAC never shadows a container given it later."""
+        """This host's own address on the network (pyoverlay expose): a veth from the host's namespace to
+        the network's bridge whose host side holds exactly ``address`` (IPv4 CIDR) and has ``mac``.
+        None: no such veth."""
         check_vni(vni)
-        ifname = bridge_name(vni)
+        host_side, port = exposure_names(vni)
         if mac is not None and not _MAC.match(mac):
-            raise DataplaneError(f"{ifname}: host address: invalid MAC address {mac!r}")
+            raise DataplaneError(f"{host_side}: host address: invalid MAC address {mac!r}")
         with self._network_lock:
-            bridge = require_link(self._ipr, ifname, "set host address (ensure the network)")
             if address is None:
-                vxlan = find_link(self._ipr, vxlan_name(vni))
-                mac = vxlan.get("address") if vxlan is not None else None
-            ensure_host_address(self._ipr, bridge, address, mac)
+                delete_link(self._host, host_side)
+                return
+            net = self._net(vni, "set host address (ensure the network)")
+            bridge = require_link(net, bridge_name(vni), "set host address (ensure the network)")
+            with _netns_fd(self.network_netns(vni)) as fd:
+                link = ensure_host_port(net, self._host, host_side, port, bridge.get("mtu"), bridge, fd)
+            ensure_host_address(self._host, link, address, mac)
 
     def host_address(self, vni: int) -> tuple[str, str] | None:
-        """(address CIDR, bridge MAC) of this host's own address on the network, or None."""
-        ifname = bridge_name(vni)
-        bridge = require_link(self._ipr, ifname, "read host address")
-        with kernel_op(ifname, "list addresses"):
-            addresses = self._ipr.addr("dump", index=bridge["index"])
+        """(address CIDR, MAC) of this host's own address on the network, or None."""
+        host_side, _ = exposure_names(vni)
+        link = find_link(self._host, host_side)
+        if link is None:
+            return None
+        with kernel_op(host_side, "list addresses"):
+            addresses = self._host.addr("dump", index=link["index"])
         for addr in addresses:
-            if addr.get("IFA_LABEL") == host_label(ifname):
-                return f"{addr.get('IFA_ADDRESS')}/{addr['prefixlen']}", bridge.get("address")
+            if addr.get("IFA_LABEL") == host_label(host_side):
+                return f"{addr.get('IFA_ADDRESS')}/{addr['prefixlen']}", link.get("address")
         return None
 
     def has_network(self, vni: int) -> bool:
         """Whether the network's bridge or VXLAN device exists here, as network_vnis() would say, looked
         up by name: a dump of every link costs in proportion to the host's links (~58 ms at 200)."""
         check_vni(vni)
-        return any(find_link(self._ipr, name) is not None for name in (bridge_name(vni), vxlan_name(vni)))
+        if identity(self.network_netns(vni)) is None:
+            return False
+        net = self._net(vni, "look up network")
+        return any(find_link(net, name) is not None for name in (bridge_name(vni), vxlan_name(vni)))
 
     def network_vnis(self) -> set[int]:
-        """VNIs that have a pyoverlay bridge or VXLAN device here."""
-        return {vni for vni in map(vni_from_name, self._link_names()) if vni is not None}
+        """VNIs that have a namespace here, or devices in the host's namespace (before namespaces)."""
+        in_host = {vni for vni in map(vni_from_name, self._link_names(self._host)) if vni is not None}
+        return network_vnis(self.netns_dir, self.scope) | in_host
 
     # -- endpoints --------------------------------------------------------------------------------
 
     def ensure_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
         """A veth pair for a local endpoint on the network's bridge; returns the container-side name."""
-        host, container = veth_names(endpoint_id)
-        bridge = require_link(self._ipr, bridge_name(vni), f"attach endpoint {host} (ensure the network)")
-        ensure_veth(self._ipr, host, container, mac, mtu, bridge)
-        self._forget_learned(bridge, mac, require_link(self._ipr, host, "look up port")["index"])
+        port, container = veth_names(endpoint_id)
+        operation = f"attach endpoint {port} (ensure the network)"
+        net = self._net(vni, operation)
+        bridge = require_link(net, bridge_name(vni), operation)
+        with _netns_fd(self.network_netns(vni)) as fd:
+            ensure_veth(net, self._host, port, container, mac, mtu, bridge, fd)
+        self._forget_learned(net, bridge, mac, require_link(net, port, "look up port")["index"])
         return container
 
     def join_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
         """ensure_endpoint for Join, which follows CreateEndpoint's ensure_endpoint: three lookups confirm
         the pair is as that left it; anything else (devices gone or changed since) gets the full ensure."""
-        host, container = veth_names(endpoint_id)
-        bridge = find_link(self._ipr, bridge_name(vni))
-        host_link = find_link(self._ipr, host) if bridge is not None else None
-        if bridge is not None and host_link is not None:
-            peer = find_link(self._ipr, container)
-            if veth_in_place(host_link, peer, bridge, mac, mtu):
+        port, container = veth_names(endpoint_id)
+        net = self._net(vni, f"attach endpoint {port} (ensure the network)")
+        bridge = find_link(net, bridge_name(vni))
+        port_link = find_link(net, port) if bridge is not None else None
+        if bridge is not None and port_link is not None:
+            peer = find_link(self._host, container)
+            if veth_in_place(port_link, peer, bridge, mac, mtu):
                 return container
         return self.ensure_endpoint(vni, endpoint_id, mac, mtu)
 
-    def _forget_learned(self, bridge: Any, mac: str, port: int) -> None:
+    def _forget_learned(self, net: IPRoute, bridge: Any, mac: str, port: int) -> None:
         """Drop what the bridge learned of mac on another port: a MAC that was remote (the same IP on
         another host, announced or seen through the VXLAN port) would keep black-holing the new local
         endpoint until it ages out. Unknown, the bridge floods frames for it until it learns the port."""
         ifname = bridge.get("ifname")
         with kernel_op(ifname, "dump fdb"):
-            entries = self._ipr.fdb("dump", master=bridge["index"])
+            entries = net.fdb("dump", master=bridge["index"])
         for entry in entries:
             if (
                 normalize_mac(entry.get("NDA_LLADDR") or "") == normalize_mac(mac)
@@ -208,30 +269,51 @@ class Dataplane:
                 and not entry["state"] & (NUD_PERMANENT | NUD_NOARP)
             ):
                 with kernel_op(ifname, f"forget {mac} learned elsewhere", tolerate=(errno.ENOENT,)):
-                    self._ipr.fdb("del", ifindex=entry["ifindex"], lladdr=mac, flags=NTF_MASTER)
+                    net.fdb("del", ifindex=entry["ifindex"], lladdr=mac, flags=NTF_MASTER)
 
-    def delete_endpoint(self, endpoint_id: str) -> None:
-        """Remove an endpoint's veth pair (deleting one side removes the other, wherever it is)."""
-        host, container = veth_names(endpoint_id)
-        if not delete_link(self._ipr, host):
-            delete_link(self._ipr, container)  # a stray half: with the host side went its peer
+    def delete_endpoint(self, endpoint_id: str, vni: int | None = None) -> None:
+        """Remove an endpoint's veth pair (deleting one side removes the other, wherever it is); without
+        vni, every network's namespace is searched."""
+        port, container = veth_names(endpoint_id)
+        for candidate in [vni] if vni is not None else sorted(self.network_vnis()):
+            exists = identity(self.network_netns(candidate)) is not None
+            if exists and delete_link(self._net(candidate, "delete endpoint"), port):
+                return
+        if not delete_link(self._host, port):  # a port made before networks had namespaces
+            delete_link(self._host, container)  # a stray half: with the port went its peer
 
     def announce(self, vni: int, ip: str, mac: str) -> None:
         """Broadcast a gratuitous ARP (ip is at mac) on the network's bridge, now and a few times more
         shortly after: neighbours on this host that cached another MAC for ip update their entry."""
         ifname = bridge_name(vni)
-        with kernel_op(ifname, f"announce {ip} at {mac}"):  # a missing bridge: ENODEV from the bind
+        try:
             frame = announce.garp_frame(ip, mac)
-            announce.send_frame(self.netns, ifname, frame)
-        announce.send_later(self.netns, ifname, frame, self.announce_again)
+        except ValueError as exc:
+            raise DataplaneError(f"{ifname}: announce {ip} at {mac}: {exc}") from exc
+        path = self.network_netns(vni)
+
+        def send() -> None:
+            try:
+                self._packets.send(path, ifname, frame)
+            except Exception as exc:  # pyroute2's namespace helper raises its own types too
+                raise DataplaneError(f"{ifname}: announce {ip} at {mac}: {describe(exc)}") from exc
+
+        send()  # a missing bridge: ENODEV; a missing namespace: the helper's error
+        announce.send_later(send, ifname, self.announce_again)
 
     def endpoint_ids_prefixes(self) -> set[str]:
-        """The 12-character endpoint ID prefixes of the host-side veths that exist here."""
-        return {p for p in map(endpoint_prefix_from_name, self._link_names()) if p is not None}
+        """The 12-character endpoint ID prefixes of the endpoints' bridge ports that exist here."""
+        names = self._link_names(self._host)
+        for vni in network_vnis(self.netns_dir, self.scope):
+            try:
+                names += self._link_names(self._net(vni, "list ports"))
+            except DataplaneError:
+                continue  # removed meanwhile
+        return {p for p in map(endpoint_prefix_from_name, names) if p is not None}
 
-    def _link_names(self) -> list[str]:
+    def _link_names(self, ipr: IPRoute) -> list[str]:
         with kernel_op(f"netns {self.netns or '(current)'}", "list links"):
-            return [link.get("ifname") for link in self._ipr.link("dump")]
+            return [link.get("ifname") for link in ipr.link("dump")]
         return []
 
     # -- remote peers (the event loop is the only caller) ----------------------------------------
@@ -239,11 +321,12 @@ class Dataplane:
     def read_peers(self, vni: int) -> PeerState:
         """The remote FDB and permanent neighbour entries programmed on the network's VXLAN device."""
         ifname = vxlan_name(vni)
-        index = require_link(self._ipr, ifname, "read peers")["index"]
+        net = self._net(vni, "read peers")
+        index = require_link(net, ifname, "read peers")["index"]
         with kernel_op(ifname, "dump fdb"):
-            fdb_entries = self._ipr.fdb("dump", ifindex=index)
+            fdb_entries = net.fdb("dump", ifindex=index)
         with kernel_op(ifname, "dump neighbours"):
-            neigh_entries = self._ipr.neigh("dump", ifindex=index)
+            neigh_entries = net.neigh("dump", ifindex=index)
         return PeerState(
             fdb=frozenset(_remote_fdb(fdb_entries, index)),
             neigh=frozenset(_permanent_neigh(neigh_entries, index)),
@@ -255,7 +338,11 @@ class Dataplane:
         Removals go first so a MAC or IP that moved is never left pointing at the old place.
         """
         ifname = vxlan_name(vni)
-        link = find_link(self._ipr, ifname)
+        try:
+            net = self._net(vni, "apply peers")
+            link = find_link(net, ifname)
+        except DataplaneError:
+            link = None
         if link is None:
             return [f"{ifname}: apply peers: device not found"] if changes else []
         index = link["index"]
@@ -274,26 +361,28 @@ class Dataplane:
         for ip, mac in sorted(changes.del_neigh):
             if ip in replaced_ips:
                 continue  # 'replace' below moves it in one step; deleting first would open a gap
-            attempt(f"delete neighbour {ip} lladdr {mac}", errno.ENOENT, self._neigh, "del", index, ip, mac)
+            attempt(f"delete neighbour {ip} lladdr {mac}", errno.ENOENT, _neigh, net, "del", index, ip, mac)
         for mac, vtep in sorted(changes.del_fdb):
-            attempt(f"delete fdb {mac} dst {vtep}", errno.ENOENT, self._fdb, "del", index, mac, vtep)
+            attempt(f"delete fdb {mac} dst {vtep}", errno.ENOENT, _fdb, net, "del", index, mac, vtep)
         for mac, vtep in sorted(changes.add_fdb):
             # several all-zeros entries must coexist (one per remote VTEP): append; a unicast MAC
             # has one destination: replace, so a MAC that moved host is updated in place
             command = "append" if normalize_mac(mac) == FLOOD_MAC else "replace"
-            attempt(f"add fdb {mac} dst {vtep}", errno.EEXIST, self._fdb, command, index, mac, vtep)
+            attempt(f"add fdb {mac} dst {vtep}", errno.EEXIST, _fdb, net, command, index, mac, vtep)
         for ip, mac in sorted(changes.add_neigh):
-            attempt(f"add neighbour {ip} lladdr {mac}", 0, self._neigh, "replace", index, ip, mac)
+            attempt(f"add neighbour {ip} lladdr {mac}", 0, _neigh, net, "replace", index, ip, mac)
         return errors
 
-    def _fdb(self, command: str, index: int, mac: str, vtep: str) -> None:
-        _check_entry(mac, vtep)
-        # flags and state explicit: 'replace' would otherwise put the entry in the bridge's table
-        self._ipr.fdb(command, ifindex=index, lladdr=mac, dst=vtep, flags=_FDB_FLAGS, state=_FDB_STATE)
 
-    def _neigh(self, command: str, index: int, ip: str, mac: str) -> None:
-        _check_entry(mac, ip)
-        self._ipr.neigh(command, ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT)
+def _fdb(net: IPRoute, command: str, index: int, mac: str, vtep: str) -> None:
+    _check_entry(mac, vtep)
+    # flags and state explicit: 'replace' would otherwise put the entry in the bridge's table
+    net.fdb(command, ifindex=index, lladdr=mac, dst=vtep, flags=_FDB_FLAGS, state=_FDB_STATE)
+
+
+def _neigh(net: IPRoute, command: str, index: int, ip: str, mac: str) -> None:
+    _check_entry(mac, ip)
+    net.neigh(command, ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT)
 
 
 def _check_entry(mac: str, address: str) -> None:

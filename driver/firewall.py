@@ -1,9 +1,9 @@
-"""Per-network iptables rules that let bridged traffic through when dockerd sets FORWARD to DROP.
+"""The per-network FORWARD rules of pyoverlay before each network had a namespace of its own.
 
-With br_netfilter loaded and bridge-nf-call-iptables=1 (dockerd turns both on), frames crossing a bridge
-traverse the FORWARD chain as "-i br -o br"; dockerd's default policy there is DROP. One ACCEPT rule per
-network, tagged with a comment so it can be found and removed again, inserted at the top of FORWARD:
-Docker's own rules never get the chance to drop it first.
+Then a network's bridge lived in the host's namespace, where dockerd's br_netfilter sends every bridged
+frame through FORWARD (policy DROP): one ACCEPT rule per network, tagged with a comment, let them pass.
+Bridged frames no longer meet the host's iptables; this finds and removes such rules when a network built
+that way moves into its namespace (driver/dataplane.py).
 """
 
 import shlex
@@ -60,18 +60,6 @@ def network_rules(vni: int, netns: str | None = None) -> list[list[str]]:
                 rules.append(args)
                 break
     return rules
-
-
-def ensure_forward_rule(vni: int, netns: str | None = None) -> None:
-    """Make exactly one correct ACCEPT rule for the network exist at the top of FORWARD."""
-    wanted = ["-A", CHAIN, *forward_rule(vni)]
-    found = network_rules(vni, netns)
-    keep = next((rule for rule in found if rule == wanted), None)
-    for rule in found:
-        if rule is not keep:  # stale or duplicate rule of this network
-            _run(netns, ["-D", *rule[1:]], f"delete stale {CHAIN} rule of {bridge_name(vni)}")
-    if keep is None:
-        _run(netns, ["-I", CHAIN, "1", *forward_rule(vni)], f"insert {CHAIN} rule for {bridge_name(vni)}")
 
 
 def delete_forward_rules(vni: int, netns: str | None = None) -> None:

@@ -67,14 +67,13 @@ def delete_link(ipr: IPRoute, ifname: str) -> bool:
     return False
 
 
-def host_label(bridge: str) -> str:
-    """The label of this host's own address on a bridge (pyoverlay expose): at most 15 characters."""
-    return f"{bridge}:ex"
+def host_label(ifname: str) -> str:
+    """The label of this host's own address on a network (pyoverlay expose): at most 15 characters."""
+    return f"{ifname}:ex"
 
 
 def ensure_bridge(ipr: IPRoute, ifname: str, mtu: int) -> Link:
-    """A bridge called ifname: up, this MTU, STP and multicast snooping off, no IP addresses but this
-    host's own (labelled host_label, see ensure_host_address)."""
+    """A bridge called ifname: up, this MTU, STP and multicast snooping off, no IP addresses."""
     link = find_link(ipr, ifname)
     if link is not None and link_kind(link) != "bridge":
         delete_link(ipr, ifname)  # something else squats the name; the name is ours by prefix
@@ -92,26 +91,26 @@ def ensure_bridge(ipr: IPRoute, ifname: str, mtu: int) -> Link:
         # keeps the group from the VXLAN port, so from every other host, until the next query
         with kernel_op(ifname, "disable STP and multicast snooping"):
             ipr.link("set", index=link["index"], kind="bridge", br_stp_state=0, br_mcast_snooping=0)
-    _quiet_port(ipr, link, keep_label=host_label(ifname))
+    _quiet_port(ipr, link)
     _set_mtu_up(ipr, link, mtu)
     return link
 
 
-def ensure_host_address(ipr: IPRoute, bridge: Link, address: str | None, mac: str | None) -> None:
-    """The bridge holds exactly ``address`` (IPv4 CIDR, labelled host_label; None: no address) and has
+def ensure_host_address(ipr: IPRoute, link: Link, address: str | None, mac: str | None) -> None:
+    """The link holds exactly ``address`` (IPv4 CIDR, labelled host_label; None: no address) and has
     ``mac`` (None: whatever MAC it has)."""
-    ifname = bridge.get("ifname")
+    ifname = link.get("ifname")
     wanted = None
     if address is not None:
         try:
             wanted = ipaddress.IPv4Interface(address)
         except ValueError as exc:
             raise DataplaneError(f"{ifname}: host address {address!r} is not IPv4 CIDR") from exc
-    if mac is not None and bridge.get("address") != mac.lower():
+    if mac is not None and link.get("address") != mac.lower():
         with kernel_op(ifname, f"set address {mac}"):
-            ipr.link("set", index=bridge["index"], address=mac)
+            ipr.link("set", index=link["index"], address=mac)
     with kernel_op(ifname, "list addresses"):
-        addresses = ipr.addr("dump", index=bridge["index"])
+        addresses = ipr.addr("dump", index=link["index"])
     label = host_label(ifname)
     present = False
     for addr in addresses:
@@ -120,13 +119,13 @@ def ensure_host_address(ipr: IPRoute, bridge: Link, address: str | None, mac: st
             present = True
             continue
         with kernel_op(ifname, f"remove address {found[0]}", tolerate=(errno.EADDRNOTAVAIL,)):
-            ipr.addr("del", index=bridge["index"], address=found[0], prefixlen=found[1])
+            ipr.addr("del", index=link["index"], address=found[0], prefixlen=found[1])
     if wanted is not None and not present:
         broadcast = str(wanted.network.broadcast_address)
         with kernel_op(ifname, f"add address {wanted}", tolerate=(errno.EEXIST,)):
             ipr.addr(
                 "add",
-                index=bridge["index"],
+                index=link["index"],
                 address=str(wanted.ip),
                 prefixlen=wanted.network.prefixlen,
                 broadcast=broadcast,
@@ -156,17 +155,31 @@ def vxlan_mismatch(link: Link, vni: int, local_ip: str, port: int) -> str | None
 
 
 def ensure_vxlan(
-    ipr: IPRoute, ifname: str, vni: int, local_ip: str, port: int, mtu: int, bridge: Link
+    ipr: IPRoute,
+    ifname: str,
+    vni: int,
+    local_ip: str,
+    port: int,
+    mtu: int,
+    bridge: Link,
+    creator: IPRoute | None = None,
+    netns_fd: int | None = None,
 ) -> Link:
-    """A VXLAN device (learning off, proxy ARP on) enslaved to bridge: up, this MTU, no IP addresses."""
+    """A VXLAN device (learning off, proxy ARP on) enslaved to bridge: up, this MTU, no IP addresses.
+
+    ipr is the bridge's namespace. With creator (a socket in another namespace) and netns_fd (the
+    bridge's namespace), the device is made by creator straight into the bridge's namespace: its UDP
+    socket stays in creator's, the underlay's, while the device lives beside the bridge.
+    """
     link = find_link(ipr, ifname)
     if link is not None and vxlan_mismatch(link, vni, local_ip, port) is not None:
         # id, local, port, learning and proxy can't be changed on a live device: recreate it
         delete_link(ipr, ifname)
         link = None
     if link is None:
+        into = {} if netns_fd is None else {"net_ns_fd": netns_fd}
         with kernel_op(ifname, f"create vxlan vni {vni} local {local_ip} port {port}", (errno.EEXIST,)):
-            ipr.link(
+            (creator or ipr).link(
                 "add",
                 ifname=ifname,
                 kind="vxlan",
@@ -176,6 +189,7 @@ def ensure_vxlan(
                 vxlan_learning=0,
                 vxlan_proxy=1,
                 mtu=mtu,
+                **into,
             )
         link = find_link(ipr, ifname)
         if link is None:
@@ -190,32 +204,43 @@ def ensure_vxlan(
     return link
 
 
-def ensure_veth(ipr: IPRoute, host: str, container: str, mac: str, mtu: int, bridge: Link) -> None:
-    """A veth pair: host side on bridge, up, this MTU; container side (if still here) with mac and MTU.
+def ensure_veth(
+    net_ipr: IPRoute,
+    host_ipr: IPRoute,
+    port: str,
+    container: str,
+    mac: str,
+    mtu: int,
+    bridge: Link,
+    netns_fd: int,
+) -> None:
+    """A veth pair: ``port`` on bridge in the network's namespace (net_ipr), up, this MTU; ``container``
+    in the host's (host_ipr), with mac and MTU, while it is still there.
 
     The container side stays down: Docker moves it into the container and renames it. Once it has moved,
-    the host side alone is enough.
+    the port alone is enough.
     """
-    host_link = find_link(ipr, host)
-    peer = find_link(ipr, container)
-    if host_link is not None and link_kind(host_link) != "veth":
-        delete_link(ipr, host)
-        host_link = None
-    if peer is not None and (host_link is None or not _are_peers(host_link, peer)):
-        # a stray device holding the name, not the host side's peer (which lives in a container)
-        delete_link(ipr, container)
+    port_link = find_link(net_ipr, port)
+    peer = find_link(host_ipr, container)
+    if port_link is not None and link_kind(port_link) != "veth":
+        delete_link(net_ipr, port)
+        port_link = None
+    if peer is not None and (port_link is None or not _are_peers(port_link, peer)):
+        # a stray device holding the name, not the port's peer (which lives in a container)
+        delete_link(host_ipr, container)
         peer = None
-    if host_link is None:
-        with kernel_op(host, f"create veth pair {host}/{container}", tolerate=(errno.EEXIST,)):
-            ipr.link(
+    if port_link is None:
+        with kernel_op(port, f"create veth pair {port}/{container}", tolerate=(errno.EEXIST,)):
+            host_ipr.link(
                 "add",
-                ifname=host,
+                ifname=container,
                 kind="veth",
+                address=mac,
                 mtu=mtu,
-                peer={"ifname": container, "address": mac, "mtu": mtu},
+                peer={"ifname": port, "mtu": mtu, "net_ns_fd": netns_fd},
             )
-        host_link = require_link(ipr, host, "create veth pair")
-        peer = find_link(ipr, container)
+        port_link = require_link(net_ipr, port, "create veth pair")
+        peer = find_link(host_ipr, container)
     if peer is not None:
         changes: dict[str, Any] = {}
         if peer.get("address") != mac.lower():
@@ -224,10 +249,40 @@ def ensure_veth(ipr: IPRoute, host: str, container: str, mac: str, mtu: int, bri
             changes["mtu"] = mtu
         if changes:
             with kernel_op(container, f"set {', '.join(changes)}"):
-                ipr.link("set", index=peer["index"], **changes)
-    _enslave(ipr, host_link, bridge)
-    _quiet_port(ipr, host_link)
-    _set_mtu_up(ipr, host_link, mtu)
+                host_ipr.link("set", index=peer["index"], **changes)
+    _enslave(net_ipr, port_link, bridge)
+    _quiet_port(net_ipr, port_link)
+    _set_mtu_up(net_ipr, port_link, mtu)
+
+
+def ensure_host_port(
+    net_ipr: IPRoute, host_ipr: IPRoute, host: str, port: str, mtu: int, bridge: Link, netns_fd: int
+) -> Link:
+    """A veth pair joining the host to a network (pyoverlay expose): ``host`` in the host's namespace, up,
+    this MTU; ``port`` on bridge in the network's. Returns the host side."""
+    host_link = find_link(host_ipr, host)
+    port_link = find_link(net_ipr, port)
+    if host_link is not None and (port_link is None or not _are_peers(port_link, host_link)):
+        delete_link(host_ipr, host)
+        host_link = None
+    if host_link is None:
+        delete_link(net_ipr, port)
+        with kernel_op(host, f"create veth pair {host}/{port}", tolerate=(errno.EEXIST,)):
+            host_ipr.link(
+                "add",
+                ifname=host,
+                kind="veth",
+                mtu=mtu,
+                peer={"ifname": port, "mtu": mtu, "net_ns_fd": netns_fd},
+            )
+        host_link = require_link(host_ipr, host, "create veth pair")
+        port_link = require_link(net_ipr, port, "create veth pair")
+    _enslave(net_ipr, port_link, bridge)
+    _quiet_port(net_ipr, port_link)
+    _set_mtu_up(net_ipr, port_link, mtu)
+    _quiet_port(host_ipr, host_link, keep_label=host_label(host))  # before it is up: no IPv6 link-local
+    _set_mtu_up(host_ipr, host_link, mtu)
+    return require_link(host_ipr, host, "read host side")
 
 
 def veth_in_place(host_link: Link, peer: Link | None, bridge: Link, mac: str, mtu: int) -> bool:

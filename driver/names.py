@@ -7,6 +7,8 @@ BRIDGE_PREFIX = "pobr"
 VXLAN_PREFIX = "povx"
 HOST_VETH_PREFIX = "poh"
 CONTAINER_VETH_PREFIX = "poc"
+EXPOSURE_HOST_PREFIX = "poex"  # the host's side of its veth into a network (pyoverlay expose)
+EXPOSURE_PORT_PREFIX = "poep"  # that veth's port on the network's bridge
 ENDPOINT_PREFIX_LEN = 12
 
 _ENDPOINT_ID = re.compile(r"^[0-9a-zA-Z]{12,}$")
@@ -29,6 +31,11 @@ def bridge_name(vni: int) -> str:
 def vxlan_name(vni: int) -> str:
     """Name of the VXLAN device for a network, e.g. ``povx4096``."""
     return f"{VXLAN_PREFIX}{check_vni(vni)}"
+
+
+def exposure_names(vni: int) -> tuple[str, str]:
+    """(host side, bridge port) of the veth that joins the host to a network, e.g. ``poex4096``."""
+    return f"{EXPOSURE_HOST_PREFIX}{check_vni(vni)}", f"{EXPOSURE_PORT_PREFIX}{vni}"
 
 
 def veth_names(endpoint_id: str) -> tuple[str, str]:

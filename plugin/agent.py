@@ -55,7 +55,7 @@ class Agent:
             cert_cert=settings.etcd_cert or None,
             cert_key=settings.etcd_key or None,
         )
-        self.dataplane = dataplane or Dataplane()
+        self.dataplane = dataplane or Dataplane(netns_dir=settings.netns_dir)
         self.network = NetworkService(
             store=self.store,
             dataplane=self.dataplane,

@@ -29,6 +29,7 @@ class Settings:
     driver_name: str = ""  # as `docker network create -d` names us; empty: found out from the daemon
     dns_address: str = "169.254.53.53"  # where the name service listens (daemon.json "dns"); "" turns it off
     dns_upstreams: tuple[str, ...] = ()  # where other names go; empty: the host's /etc/resolv.conf
+    netns_dir: str = "/run/netns"  # where each network's namespace is mounted (pyoverlay-<vni>)
 
     @property
     def embedded(self) -> bool:
@@ -53,6 +54,7 @@ _HELP = {
     "driver_name": "our driver name in Docker (default: the enabled pyoverlay plugin, else pyoverlay)",
     "dns_address": "IPv4 address of the name service containers reach (empty: no name service)",
     "dns_upstreams": "comma-separated resolvers (ADDRESS[:PORT]) for other names (default: /etc/resolv.conf)",
+    "netns_dir": "directory where each network's namespace is mounted, as pyoverlay-<VNI>",
 }
 
 
@@ -115,6 +117,8 @@ def _validate(raw: dict[str, str]) -> Settings:
         _address("advertise_addr", settings.advertise_addr)
     if settings.dns_address:
         _address("dns_address", settings.dns_address)
+    if not os.path.isabs(settings.netns_dir):
+        raise SystemExit(f"pyoverlay: NETNS_DIR must be an absolute path, got {settings.netns_dir!r}")
     if not 1 <= settings.vxlan_port <= 65535:
         raise SystemExit("pyoverlay: VXLAN_PORT must be between 1 and 65535")
     if settings.host_ttl < 3:

@@ -35,8 +35,10 @@ class MemoryDataplane:
         with self._lock:
             self.calls.append(("delete_network", vni))
             self.networks.pop(vni, None)
-            self.peers.pop(vni, None)  # veths stay, detached, as in the kernel
+            self.peers.pop(vni, None)
             self.host_addresses.pop(vni, None)
+            # the veths' bridge ports live in the network's namespace: they go with it
+            self.endpoints = {e: v for e, v in self.endpoints.items() if v[0] != vni}
 
     def ensure_host_address(self, vni: int, address: str | None, mac: str | None = None) -> None:
         with self._lock:
@@ -52,8 +54,6 @@ class MemoryDataplane:
 
     def host_address(self, vni: int) -> tuple[str, str] | None:
         with self._lock:
-            if vni not in self.networks:
-                raise DataplaneError(f"VNI {vni}: read host address: bridge not found")
             return self.host_addresses.get(vni)
 
     def network_vnis(self) -> set[int]:
@@ -80,7 +80,7 @@ class MemoryDataplane:
             self.endpoints[endpoint_id] = (vni, mac, mtu)
         return f"poc{endpoint_id[:12]}"
 
-    def delete_endpoint(self, endpoint_id: str) -> None:
+    def delete_endpoint(self, endpoint_id: str, vni: int | None = None) -> None:
         veth_names(endpoint_id)
         with self._lock:
             self.calls.append(("delete_endpoint", endpoint_id))

@@ -135,7 +135,7 @@ class NetworkService:
                 # Docker only deletes networks without endpoints: these are leftovers of a crash, whose
                 # records store.delete_network removes; their veths go with the bridge below
                 with contextlib.suppress(DataplaneError):
-                    self.dataplane.delete_endpoint(endpoint.endpoint_id)
+                    self.dataplane.delete_endpoint(endpoint.endpoint_id, network.vni)
         if not self.store.delete_network(self.host_id, docker_network_id):
             # Docker ignores a DeleteNetwork error, so this cannot be refused: the host leaves the network
             hosts = sorted({e.host_id for e in endpoints if e.host_id != self.host_id})
@@ -195,17 +195,21 @@ class NetworkService:
                 self.dataplane.ensure_network(network.vni, mtu, self.vtep, self.vxlan_port)
             self.dataplane.ensure_endpoint(network.vni, req.endpoint_id, mac, mtu)
         except DataplaneError:
-            self._remove_endpoint(req.endpoint_id)
+            self._remove_endpoint(req.endpoint_id, network.vni)
             raise
         # only fields Docker left empty are answered: echoing one it set is an error
         return {"Interface": {} if req.mac else {"MacAddress": mac}}
 
     def delete_endpoint(self, req: EndpointRequest) -> None:
-        self._remove_endpoint(req.endpoint_id)
+        try:  # the network's namespace holds the veth's port: without it, every network's is searched
+            vni: int | None = self.store.network_for(self.host_id, req.docker_network_id).vni
+        except NotFound:
+            vni = None
+        self._remove_endpoint(req.endpoint_id, vni)
 
-    def _remove_endpoint(self, endpoint_id: str) -> None:
+    def _remove_endpoint(self, endpoint_id: str, vni: int | None) -> None:
         try:
-            self.dataplane.delete_endpoint(endpoint_id)
+            self.dataplane.delete_endpoint(endpoint_id, vni)
         finally:
             self.store.delete_endpoint(endpoint_id)
 

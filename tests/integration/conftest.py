@@ -34,6 +34,9 @@ class NetnsHost:
         self.name = f"pyo-it-{uuid.uuid4().hex[:6]}"
         self.address = "10.98.0.1"
         self.workdir = workdir
+        # where its agent mounts each network's namespace: its own, as a real host's /run/netns is
+        self.netns_dir = f"/run/pyoverlay-it/{self.name}"
+        os.makedirs("/run/pyoverlay-it", exist_ok=True)
         uplink = self.name.replace("pyo-it-", "pyoit")
         ip("netns", "add", self.name)
         ip("-n", self.name, "link", "set", "lo", "up")
@@ -61,8 +64,35 @@ class NetnsHost:
         rules = self.run("iptables", "-w", "-S", "FORWARD").stdout.splitlines()
         return [r for r in rules if "pyoverlay" in r]
 
+    def network_namespaces(self) -> list[str]:
+        """The networks' namespaces its agent keeps (pyoverlay-<vni>)."""
+        try:
+            return sorted(os.listdir(self.netns_dir))
+        except FileNotFoundError:
+            return []
+
+    def network_links(self) -> set[str]:
+        """Every link in the networks' namespaces."""
+        names: set[str] = set()
+        for netns in self.network_namespaces():
+            out = subprocess.run(
+                ["nsenter", f"--net={self.netns_dir}/{netns}", "ip", "-br", "link"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            names |= {line.split()[0].split("@")[0] for line in out.splitlines()}
+        return names
+
     def close(self) -> None:
         subprocess.run(["ip", "netns", "del", self.name], check=False)
+        for netns in self.network_namespaces():
+            subprocess.run(["umount", "-l", f"{self.netns_dir}/{netns}"], capture_output=True, check=False)
+            os.unlink(f"{self.netns_dir}/{netns}")
+        if os.path.isdir(self.netns_dir):
+            # pyroute2, as iproute2, makes the directory a shared mount of itself
+            subprocess.run(["umount", "-l", self.netns_dir], capture_output=True, check=False)
+            os.rmdir(self.netns_dir)
 
 
 class AgentProcess:
@@ -82,6 +112,7 @@ class AgentProcess:
             "STATE_DIR": self.state_dir,
             "ETCD_ENDPOINTS": self.etcd,
             "LOG_LEVEL": "debug",
+            "NETNS_DIR": self.host.netns_dir,
         }
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

@@ -36,7 +36,8 @@ def in_container(h, container: str, *cmd: str, check: bool = True) -> subprocess
 def pyoverlay_leftovers(h, subnets: tuple[str, ...] = ()) -> list[str]:
     links = h.run(["ip", "-br", "link"]).stdout.splitlines()
     rules = h.run(["iptables", "-w", "-S", "FORWARD"]).stdout.splitlines()
-    found = [line.split()[0] for line in links if line.startswith(("pobr", "povx", "poh", "poc"))]
+    found = [line.split()[0] for line in links if line.startswith(("pobr", "povx", "poh", "poc", "poex"))]
+    found += [n for n in h.run(["ip", "netns", "list"]).stdout.split() if n.startswith("pyoverlay-")]
     found += [rule for rule in rules if "pyoverlay" in rule]
     if h.lab.etcd_endpoint:
         keys = h.lab.etcdctl("get", "--prefix", "--keys-only", "/pyoverlay/v1/").stdout.split()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from driver.names import bridge_name
+from driver.names import exposure_names
 from tests.lab.system import wait_until
 from tests.netlink.nsutil import ping
 
@@ -38,7 +38,8 @@ def pyoverlay(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess[st
 
 
 def bridge_addresses(agent: AgentProcess, vni: int) -> str:
-    return agent.host.run("ip", "-4", "-o", "addr", "show", "dev", bridge_name(vni)).stdout
+    """The addresses of the host's side of its veth into the network (none: no such device)."""
+    return agent.host.run("ip", "-4", "-o", "addr", "show", "dev", exposure_names(vni)[0], check=False).stdout
 
 
 def test_expose_and_hide_while_the_agent_runs(agent: AgentProcess) -> None:
@@ -59,7 +60,7 @@ def test_expose_and_hide_while_the_agent_runs(agent: AgentProcess) -> None:
     assert pyoverlay(agent, "expose", network_id[:12]).stdout.strip() == address  # idempotent
 
     agent.stop()  # the address stays in the kernel; taken off by hand, the restarted agent puts it back
-    agent.host.run("ip", "addr", "flush", "dev", bridge_name(vni))
+    agent.host.run("ip", "addr", "flush", "dev", exposure_names(vni)[0])
     agent.start()
     wait_until(lambda: address in bridge_addresses(agent, vni), 10, "the address back after a restart")
 

@@ -54,6 +54,9 @@ mount --bind "$S/plugins" /run/docker/plugins
 [ -d /etc/docker ] || mkdir -p /etc/docker
 mount --bind "$S/etc-docker" /etc/docker
 ln -s "$S/docker.sock" /run/docker.sock
+# Shared like a systemd host's (in peer groups of this namespace only): a managed plugin's mounts in its
+# rshared mounts (pyoverlay's networks' namespaces) must reach the host and outlive the plugin.
+mount --make-rshared /
 echo ready
 exec sleep infinity </dev/null >/dev/null 2>&1
 """
@@ -167,6 +170,19 @@ class LabHost:
         if check and proc.returncode != 0:
             raise CommandFailed(proc.returncode, proc.args, proc.stdout, proc.stderr)
         return proc
+
+    def network_namespaces(self) -> list[str]:
+        """Paths of the pyoverlay networks' namespaces here: the agent's (/run/netns/pyoverlay-<vni>) or
+        a managed plugin's, in its state mount (NETNS_DIR in config.json)."""
+        pattern = f"/run/netns/pyoverlay-* {self.workdir}/state/netns/pyoverlay-*"
+        listing = self.run(["sh", "-c", f"ls -d {pattern} 2>/dev/null"], check=False).stdout
+        return sorted(listing.split())
+
+    def in_networks(self, cmd: Sequence[str]) -> str:
+        """The output of cmd run in every network's namespace (e.g. ip neigh, bridge fdb), concatenated."""
+        return "".join(
+            self.run(["nsenter", f"--net={path}", *cmd]).stdout for path in self.network_namespaces()
+        )
 
     def ping(
         self, dst: str, size: int = 56, timeout: float = 2, check: bool = True

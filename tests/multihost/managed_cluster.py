@@ -261,13 +261,14 @@ def snapshot(cluster: Cluster, network: str, containers: dict[str, LabHost]) -> 
     h2 = cluster.hosts[1]
     view["h2 links"] = sorted(
         line.split()[0]
-        for line in h2.run(["ip", "-br", "link"]).stdout.splitlines()
+        for line in h2.in_networks(["ip", "-br", "link"]).splitlines()
         if line.startswith(("pobr", "povx"))
     )
+    assert view["h2 links"], "no network's namespace on h2"
     view["h2 fdb"] = sorted(
-        line for line in h2.run(["bridge", "fdb", "show"]).stdout.splitlines() if " dst " in line
+        line for line in h2.in_networks(["bridge", "fdb", "show"]).splitlines() if " dst " in line
     )
-    view["h2 neigh"] = sorted(h2.run(["ip", "neigh", "show", "nud", "permanent"]).stdout.splitlines())
+    view["h2 neigh"] = sorted(h2.in_networks(["ip", "neigh", "show", "nud", "permanent"]).splitlines())
     return view
 
 

@@ -84,7 +84,7 @@ def test_network_appears_everywhere_and_containers_talk_across_hosts(lab3):
     h2.docker("rm", "-f", "box2")
     for h in (h1, h3):
         wait_for(
-            lambda h=h: ip2 not in h.run(["ip", "neigh", "show", "nud", "permanent"]).stdout,
+            lambda h=h: ip2 not in h.in_networks(["ip", "neigh", "show", "nud", "permanent"]),
             what=f"{ip2} gone from {h.name}",
         )
 
@@ -123,13 +123,13 @@ def test_dead_host_keeps_its_entries_until_forgotten(lab3):
 
     wait_for(lambda: f"{host_id} silent" in " ".join(hosts_table().split()), what="h3 silent")
     # a partition is not a death: h3's container stays in h1's tables and still answers
-    assert doomed in h1.run(["ip", "neigh", "show", "nud", "permanent"]).stdout
+    assert doomed in h1.in_networks(["ip", "neigh", "show", "nud", "permanent"])
     ping(h1, "stay", doomed)
     forgot = h1.run([str(h1.lab.agent_command[0]), "forget-host", host_id], env=h1.agent_env())
     assert "1 endpoint(s) removed" in forgot.stdout
     for h in (h1, h2):
         wait_for(
-            lambda h=h: doomed not in h.run(["ip", "neigh", "show", "nud", "permanent"]).stdout,
+            lambda h=h: doomed not in h.in_networks(["ip", "neigh", "show", "nud", "permanent"]),
             what=f"{doomed} gone from {h.name}",
         )
 

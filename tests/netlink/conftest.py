@@ -26,7 +26,9 @@ def make_netns() -> Iterator[Callable[[], str]]:
         return name
 
     yield make
-    for name in created:
+    # a Dataplane in namespace X keeps each network in a namespace X-<vni>
+    networks = [n for n in pyroute2_netns.listnetns() if any(n.startswith(f"{c}-") for c in created)]
+    for name in created + networks:
         pyroute2_netns.remove(name)
     leftover = set(created) & set(pyroute2_netns.listnetns())
     assert not leftover, f"namespaces left behind: {leftover}"

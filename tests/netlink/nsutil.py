@@ -19,11 +19,16 @@ from pyroute2.netns import create_socket
 from driver.names import vni_from_name
 
 NETNS_RUN_DIR = "/run/netns"
-PYOVERLAY_PREFIXES = ("pobr", "povx", "poh", "poc")
+PYOVERLAY_PREFIXES = ("pobr", "povx", "poh", "poc", "poex", "poep")
 # tests use VNIs from here up and endpoint IDs starting "test" (never hex), so the leak check can
 # tell their devices from those of a real agent running on the same machine
 TEST_VNI = 16_000_000
 _IP_MTU_DISCOVER, _IP_PMTUDISC_DO = 10, 2  # <linux/in.h>; the socket module has them only from 3.12
+
+
+def net_ns(host: str, vni: int) -> str:
+    """The name of the namespace a Dataplane(netns=host) keeps the network in (driver/netns.py)."""
+    return f"{host}-{vni}"
 
 
 def require(condition: bool, reason: str) -> None:

@@ -1,7 +1,7 @@
 """Dataplane.announce on a real bridge: a neighbour that cached another MAC for the IP is corrected, and
 the bridge learns the MAC on no wrong port.
 
-neighbour ns ── veth ── host ns: pobr (+ povx) ◀── gratuitous ARP sent through the bridge device
+neighbour ns ── veth ── network's ns: pobr (+ povx) ◀── gratuitous ARP sent through the bridge device
 """
 
 import time
@@ -15,7 +15,7 @@ from pyroute2.netlink.rtnl.ndmsg import NUD_REACHABLE
 from driver import Dataplane, Peer, PeerState, desired_state, diff
 from driver.names import bridge_name, vxlan_name
 
-from .nsutil import TEST_VNI, move_link, set_up_interface
+from .nsutil import TEST_VNI, move_link, net_ns, set_up_interface
 
 pytestmark = pytest.mark.netlink
 
@@ -56,7 +56,7 @@ def neighbour_mac(bench: Bench) -> str | None:
 
 def learned_ports(bench: Bench, mac: str) -> set[str]:
     """The bridge ports the bridge's own table has the MAC on (learned or otherwise)."""
-    with IPRoute(netns=bench.host, flags=0) as ipr:
+    with IPRoute(netns=net_ns(bench.host, VNI), flags=0) as ipr:
         bridge = ipr.link_lookup(ifname=bridge_name(VNI))[0]
         names = {link["index"]: link.get("ifname") for link in ipr.link("dump")}
         entries = ipr.fdb("dump", master=bridge)

@@ -10,7 +10,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 from driver import Dataplane, DataplaneError
 from driver.names import bridge_name, vxlan_name
 
-from .nsutil import TEST_VNI, link, move_link, pyoverlay_links
+from .nsutil import TEST_VNI, link, move_link, net_ns, pyoverlay_links
 
 pytestmark = pytest.mark.netlink
 
@@ -31,10 +31,12 @@ def test_ensure_endpoint_creates_veth_pair(network: Dataplane, ns: str) -> None:
     container_side = network.ensure_endpoint(VNI, EP, MAC, 1450)
 
     assert container_side == CONTAINER
-    with IPRoute(netns=ns, flags=0) as ipr:
+    with IPRoute(netns=net_ns(ns, VNI), flags=0) as ipr:  # the port: on the network's bridge
         host = link(ipr, HOST)
-        peer = link(ipr, container_side)
         bridge = link(ipr, BR)
+    with IPRoute(netns=ns, flags=0) as ipr:  # the container side: where Docker picks it up
+        peer = link(ipr, container_side)
+    assert pyoverlay_links(ns) == {CONTAINER}
     assert host.get("master") == bridge["index"]
     assert host["flags"] & IFF_UP and host.get("mtu") == 1450
     assert peer.get("address") == MAC and peer.get("mtu") == 1450
@@ -44,14 +46,15 @@ def test_ensure_endpoint_creates_veth_pair(network: Dataplane, ns: str) -> None:
 
 def test_ensure_endpoint_is_idempotent(network: Dataplane, ns: str) -> None:
     network.ensure_endpoint(VNI, EP, MAC, 1450)
-    with IPRoute(netns=ns, flags=0) as ipr:
+    with IPRoute(netns=net_ns(ns, VNI), flags=0) as ipr:
         first = link(ipr, HOST)["index"]
 
     assert network.ensure_endpoint(VNI, EP, MAC.upper(), 1450) == CONTAINER
 
-    with IPRoute(netns=ns, flags=0) as ipr:
+    with IPRoute(netns=net_ns(ns, VNI), flags=0) as ipr:
         assert link(ipr, HOST)["index"] == first
-    assert pyoverlay_links(ns) == {BR, VX, HOST, CONTAINER}
+    assert pyoverlay_links(net_ns(ns, VNI)) == {BR, VX, HOST}
+    assert pyoverlay_links(ns) == {CONTAINER}
 
 
 def test_ensure_endpoint_fixes_mtu_mac_and_bridge(network: Dataplane, ns: str) -> None:
@@ -60,10 +63,12 @@ def test_ensure_endpoint_fixes_mtu_mac_and_bridge(network: Dataplane, ns: str) -
 
     network.ensure_endpoint(VNI + 1, EP, "02:42:0a:01:00:09", 1400)
 
-    with IPRoute(netns=ns, flags=0) as ipr:
+    with IPRoute(netns=net_ns(ns, VNI + 1), flags=0) as ipr:
         host = link(ipr, HOST)
-        peer = link(ipr, CONTAINER)
         assert host.get("master") == link(ipr, bridge_name(VNI + 1))["index"]
+    with IPRoute(netns=ns, flags=0) as ipr:
+        peer = link(ipr, CONTAINER)
+    assert HOST not in pyoverlay_links(net_ns(ns, VNI))
     assert host.get("mtu") == 1400 and peer.get("mtu") == 1400
     assert peer.get("address") == "02:42:0a:01:00:09"
 
@@ -89,8 +94,9 @@ def test_ensure_endpoint_replaces_stray_devices(network: Dataplane, ns: str) -> 
 
     network.ensure_endpoint(VNI, EP, MAC, 1450)
 
-    with IPRoute(netns=ns, flags=0) as ipr:
+    with IPRoute(netns=net_ns(ns, VNI), flags=0) as ipr:
         host = link(ipr, HOST)
+    with IPRoute(netns=ns, flags=0) as ipr:
         peer = link(ipr, CONTAINER)
         assert not ipr.link_lookup(ifname="stray0")
     assert host.get("link") == peer["index"] and peer.get("address") == MAC
@@ -98,20 +104,23 @@ def test_ensure_endpoint_replaces_stray_devices(network: Dataplane, ns: str) -> 
 
 def test_join_endpoint_keeps_a_pair_in_place(network: Dataplane, ns: str) -> None:
     network.ensure_endpoint(VNI, EP, MAC, 1450)
-    with IPRoute(netns=ns, flags=0) as ipr:
-        before = (link(ipr, HOST)["index"], link(ipr, CONTAINER)["index"])
+    before = _pair(ns)
 
     assert network.join_endpoint(VNI, EP, MAC, 1450) == CONTAINER
 
-    with IPRoute(netns=ns, flags=0) as ipr:
-        assert (link(ipr, HOST)["index"], link(ipr, CONTAINER)["index"]) == before
+    assert _pair(ns) == before
+
+
+def _pair(ns: str) -> tuple[int, int]:
+    with IPRoute(netns=net_ns(ns, VNI), flags=0) as net, IPRoute(netns=ns, flags=0) as host:
+        return link(net, HOST)["index"], link(host, CONTAINER)["index"]
 
 
 @pytest.mark.parametrize("change", ["detached", "down", "mtu", "mac", "gone"])
 def test_join_endpoint_repairs_what_changed_since_create(network: Dataplane, ns: str, change: str) -> None:
     network.ensure_endpoint(VNI, EP, MAC, 1450)
-    with IPRoute(netns=ns, flags=0) as ipr:
-        host, peer = link(ipr, HOST), link(ipr, CONTAINER)
+    with IPRoute(netns=net_ns(ns, VNI), flags=0) as ipr, IPRoute(netns=ns, flags=0) as host_ipr:
+        host, peer = link(ipr, HOST), link(host_ipr, CONTAINER)
         if change == "detached":
             ipr.link("set", index=host["index"], master=0)
         elif change == "down":
@@ -119,14 +128,14 @@ def test_join_endpoint_repairs_what_changed_since_create(network: Dataplane, ns:
         elif change == "mtu":
             ipr.link("set", index=host["index"], mtu=1300)
         elif change == "mac":
-            ipr.link("set", index=peer["index"], address="02:42:0a:01:00:99")
+            host_ipr.link("set", index=peer["index"], address="02:42:0a:01:00:99")
         else:
             ipr.link("del", index=host["index"])
 
     assert network.join_endpoint(VNI, EP, MAC, 1450) == CONTAINER
 
-    with IPRoute(netns=ns, flags=0) as ipr:
-        host, peer = link(ipr, HOST), link(ipr, CONTAINER)
+    with IPRoute(netns=net_ns(ns, VNI), flags=0) as ipr, IPRoute(netns=ns, flags=0) as host_ipr:
+        host, peer = link(ipr, HOST), link(host_ipr, CONTAINER)
         assert host.get("master") == link(ipr, BR)["index"] and host["flags"] & IFF_UP
         assert host.get("mtu") == 1450 and peer.get("mtu") == 1450 and peer.get("address") == MAC
 
@@ -145,9 +154,10 @@ def test_delete_endpoint_is_idempotent(network: Dataplane, ns: str) -> None:
     network.ensure_endpoint(VNI, EP, MAC, 1450)
 
     network.delete_endpoint(EP)
-    network.delete_endpoint(EP)
+    network.delete_endpoint(EP, VNI)
 
-    assert pyoverlay_links(ns) == {BR, VX}
+    assert pyoverlay_links(ns) == set()
+    assert pyoverlay_links(net_ns(ns, VNI)) == {BR, VX}
     assert network.endpoint_ids_prefixes() == set()
 
 

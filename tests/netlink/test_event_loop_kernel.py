@@ -11,6 +11,8 @@ from kvstore import Endpoint, Network, Store
 from kvstore.kv_sqlite import SqliteKV
 from plugin.event_loop import EventLoop
 
+from .nsutil import net_ns
+
 pytestmark = pytest.mark.netlink
 
 REMOTE = Endpoint("remote" + "ab" * 29, "net1", "host-b", "192.0.2.2", "02:42:0a:01:00:03", "10.1.0.3/24")
@@ -18,7 +20,7 @@ REMOTE = Endpoint("remote" + "ab" * 29, "net1", "host-b", "192.0.2.2", "02:42:0a
 
 def fdb(ns: str, vni: int) -> str:
     return subprocess.run(
-        ["ip", "netns", "exec", ns, "bridge", "fdb", "show", "dev", vxlan_name(vni)],
+        ["ip", "netns", "exec", net_ns(ns, vni), "bridge", "fdb", "show", "dev", vxlan_name(vni)],
         capture_output=True,
         text=True,
         check=True,
@@ -43,7 +45,7 @@ def test_remote_endpoint_is_programmed_and_drift_is_repaired(ns: str) -> None:
                     "ip",
                     "netns",
                     "exec",
-                    ns,
+                    net_ns(ns, network.vni),
                     "bridge",
                     "fdb",
                     "del",

@@ -1,6 +1,6 @@
-"""This host's own address on a network's bridge (pyoverlay expose) in a real kernel: only the labelled
-address survives ensure_network, the bridge's MAC follows the exposure, multicast snooping stays off,
-and packets flow between the exposed host and containers on both hosts."""
+"""This host's own address on a network (pyoverlay expose) in a real kernel: a veth from the host's
+namespace to the network's bridge holds exactly the exposed address and MAC, goes when hidden, and packets
+flow between the exposed host and containers on both hosts."""
 
 from __future__ import annotations
 
@@ -11,48 +11,49 @@ from pyroute2 import IPRoute
 
 from driver import Dataplane, Peer, desired_state, diff
 from driver.links import host_label
-from driver.names import bridge_name, vxlan_name
+from driver.names import bridge_name, exposure_names
 
-from .nsutil import TEST_VNI, move_link, ping, set_up_interface
+from .nsutil import TEST_VNI, move_link, net_ns, ping, pyoverlay_links, set_up_interface
 from .test_traffic import VNI, Host, hosts  # noqa: F401 - the two-host fixture
 
 pytestmark = pytest.mark.netlink
 
 EXPOSED, MAC = "10.50.0.100/24", "02:42:0a:32:00:64"
+HOST_SIDE, PORT = exposure_names(TEST_VNI)
 
 
-def bridge_state(ns: str, vni: int) -> tuple[set[tuple[str, int, str]], str, int]:
-    """(addresses as (ip, prefixlen, label), MAC, multicast snooping) of the network's bridge."""
+def host_side_state(ns: str) -> tuple[set[tuple[str, int, str]], str]:
+    """(addresses as (ip, prefixlen, label), MAC) of the host's side of the exposure."""
     with IPRoute(netns=ns, flags=0) as ipr:
-        bridge = ipr.link("get", ifname=bridge_name(vni))[0]
+        link = ipr.link("get", ifname=HOST_SIDE)[0]
         addresses = {
             (a.get("IFA_ADDRESS"), a["prefixlen"], a.get("IFA_LABEL"))
-            for a in ipr.addr("dump", index=bridge["index"])
+            for a in ipr.addr("dump", index=link["index"])
         }
-        snooping = bridge.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_BR_MCAST_SNOOPING")
-        return addresses, bridge.get("address"), snooping
+        return addresses, link.get("address")
 
 
-def vxlan_mac(ns: str, vni: int) -> str:
-    with IPRoute(netns=ns, flags=0) as ipr:
-        return ipr.link("get", ifname=vxlan_name(vni))[0].get("address")
-
-
-def test_only_the_labelled_address_survives_and_the_mac_follows(dataplane: Dataplane, ns: str) -> None:
+def test_the_exposure_holds_exactly_its_address_and_goes_when_hidden(dataplane: Dataplane, ns: str) -> None:
     dataplane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
-    assert bridge_state(ns, TEST_VNI)[2] == 0  # multicast snooping off from creation
+    with IPRoute(netns=net_ns(ns, TEST_VNI), flags=0) as ipr:
+        bridge = ipr.link("get", ifname=bridge_name(TEST_VNI))[0]
+    assert bridge.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_BR_MCAST_SNOOPING") == 0
     dataplane.ensure_host_address(TEST_VNI, "10.1.0.254/24", "02:42:0a:01:00:fe")
-    label = host_label(bridge_name(TEST_VNI))
+    label = host_label(HOST_SIDE)
     with IPRoute(netns=ns, flags=0) as ipr:
-        index = ipr.link_lookup(ifname=bridge_name(TEST_VNI))[0]
+        index = ipr.link_lookup(ifname=HOST_SIDE)[0]
         ipr.addr("add", index=index, address="10.99.0.1", prefixlen=24)  # by hand: a stray
-        ipr.link("set", index=index, kind="bridge", br_mcast_snooping=1)  # by hand: drift
-    dataplane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
-    assert bridge_state(ns, TEST_VNI) == ({("10.1.0.254", 24, label)}, "02:42:0a:01:00:fe", 0)
+    dataplane.ensure_host_address(TEST_VNI, "10.1.0.254/24", "02:42:0a:01:00:fe")
+    assert host_side_state(ns) == ({("10.1.0.254", 24, label)}, "02:42:0a:01:00:fe")
+    assert dataplane.host_address(TEST_VNI) == ("10.1.0.254/24", "02:42:0a:01:00:fe")
+    with IPRoute(netns=net_ns(ns, TEST_VNI), flags=0) as ipr:
+        assert ipr.link("get", ifname=PORT)[0].get("master") == bridge["index"]
     dataplane.ensure_host_address(TEST_VNI, None)
-    addresses, mac, _ = bridge_state(ns, TEST_VNI)
-    assert addresses == set() and mac == vxlan_mac(ns, TEST_VNI)  # the exposed MAC is not kept
-    dataplane.delete_network(TEST_VNI)
+    assert HOST_SIDE not in pyoverlay_links(ns) and PORT not in pyoverlay_links(net_ns(ns, TEST_VNI))
+    assert dataplane.host_address(TEST_VNI) is None
+    dataplane.ensure_host_address(TEST_VNI, "10.1.0.254/24", "02:42:0a:01:00:fe")
+    dataplane.delete_network(TEST_VNI)  # the exposure goes with its network
+    assert pyoverlay_links(ns) == set()
 
 
 def test_the_exposed_host_and_containers_on_both_hosts_reach_each_other(

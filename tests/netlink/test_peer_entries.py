@@ -8,7 +8,7 @@ from driver import Dataplane, Peer, PeerChanges, PeerState, desired_state, diff
 from driver.names import vxlan_name
 from driver.peers import FLOOD_MAC
 
-from .nsutil import TEST_VNI
+from .nsutil import TEST_VNI, net_ns
 
 pytestmark = pytest.mark.netlink
 
@@ -34,7 +34,7 @@ def converge(dataplane: Dataplane, desired: PeerState) -> list[str]:
 
 def test_fresh_device_reads_empty_despite_bridge_local_entries(network: Dataplane, ns: str) -> None:
     network.ensure_endpoint(VNI, "test" + "ab" * 30, "02:42:0a:01:00:02", 1450)
-    with IPRoute(netns=ns, flags=0) as ipr:
+    with IPRoute(netns=net_ns(ns, VNI), flags=0) as ipr:
         index = ipr.link_lookup(ifname=VX)[0]
         # the kernel does report bridge-local entries (own MAC, no NTF_SELF / no dst) on the device
         assert any(not e["flags"] & NTF_SELF or not e.get("NDA_DST") for e in ipr.fdb("dump", ifindex=index))
@@ -51,7 +51,7 @@ def test_apply_then_read_round_trip_including_flood_entries(network: Dataplane, 
     assert actual == desired
     assert {(FLOOD_MAC, "192.0.2.2"), (FLOOD_MAC, "192.0.2.3")} <= actual.fdb
     assert diff(desired, actual) == PeerChanges()
-    with IPRoute(netns=ns, flags=0) as ipr:
+    with IPRoute(netns=net_ns(ns, VNI), flags=0) as ipr:
         index = ipr.link_lookup(ifname=VX)[0]
         remote = [e for e in ipr.fdb("dump", ifindex=index) if e.get("NDA_DST")]
         neighbours = list(ipr.neigh("dump", ifindex=index))
