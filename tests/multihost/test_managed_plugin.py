@@ -112,7 +112,11 @@ def test_installed_from_registry_network_spreads_and_containers_talk(cluster):
     for h in cluster.hosts:
         info = json.loads(h.docker("plugin", "inspect", DRIVER).stdout)[0]
         assert info["PluginReference"] == cluster.ref
-        assert info["Config"]["Linux"]["Capabilities"] == ["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"]
+        assert info["Config"]["Linux"]["Capabilities"] == [
+            "CAP_NET_ADMIN",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_SYS_ADMIN",
+        ]
     create_network(cluster, "ov", "10.61.0.0/24")
     ip1 = run_box(cluster, h1, "box1", "ov")
     ip2 = run_box(cluster, h2, "box2", "ov")
