@@ -45,7 +45,14 @@ if ! docker_cmd=$(command -v docker) || ! "$docker_cmd" info >/dev/null 2>&1; th
     :
   else
     echo "starting dockerd"
-    nohup dockerd >/var/log/dockerd.log 2>&1 &
+    # without the caller's descriptors: a lock it holds (flock … scripts/test.sh) would stay held by dockerd
+    (
+      for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        if [ "$fd" -gt 2 ] && [ "$fd" -lt 255 ]; then eval "exec $fd<&-"; fi
+      done
+      exec nohup dockerd >/var/log/dockerd.log 2>&1
+    ) &
     for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
     docker info >/dev/null 2>&1 || { echo "dockerd did not start: see /var/log/dockerd.log" >&2; exit 1; }
   fi
