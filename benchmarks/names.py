@@ -21,7 +21,7 @@ from pathlib import Path
 from tests.lab import Lab, LabHost
 from tests.lab.names import lab_daemon_json, start_upstream
 
-from .overlay import ip_of, pct
+from .lab_helpers import ip_of, pct
 
 SLEEP = ("sleep", "3600")
 REPO = Path(__file__).resolve().parents[1]

@@ -1,9 +1,9 @@
 """pyoverlay benchmarks on a two-host lab: figures and ratios against baselines, from one run.
 
-    sudo .venv/bin/python -m benchmarks.overlay [--trials 20] [--seconds 10] [--mtu 1500]
+    sudo .venv/bin/python -m benchmarks.overlay [--trials 20] [--rounds 3] [--seconds 10] [--mtu 1500]
 
-- throughput: iperf3, one TCP stream, container -> container across hosts over pyoverlay, vs a hand-built
-  kernel VXLAN between the same two host namespaces (same MTU), vs the bare underlay;
+- throughput and RTT: benchmarks.datapath's three columns (pyoverlay, a hand-built veth + bridge + VXLAN
+  path in the same containers, Docker's swarm overlay) on this lab, `--rounds` interleaved rounds;
 - convergence: container started on host B -> first ping reply from a container on host A (p50, p99);
 - control plane: `docker run --rm … true` on a pyoverlay network vs a user-defined bridge network, and
   the plugin's own share of each request type (p50/p99);
@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import threading
@@ -22,77 +21,13 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from benchmarks import datapath
+from benchmarks.lab_helpers import pct, wait_network
 from benchmarks.plugin_timings import print_timings, read_timings
 from tests.lab import Lab, LabHost
 from tests.plugin_client import PluginClient
 
 SLEEP = ("sleep", "3600")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def iperf_gbps(client: list[str], server_ip: str, seconds: int) -> float:
-    out = subprocess.run(
-        [*client, "iperf3", "-J", "-c", server_ip, "-t", str(seconds)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 60,
-    ).stdout
-    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
-
-
-def throughput(lab: Lab, seconds: int) -> dict[str, float]:
-    h1, h2 = lab.hosts
-    h2.docker("run", "-d", "--name", "tput-srv", "--network", "bench", lab.image, "iperf3", "-s")
-    h1.docker("run", "-d", "--name", "tput-cli", "--network", "bench", lab.image, *SLEEP)
-    server = ip_of(h2, "tput-srv", "bench")
-    wait_ping(h1, "tput-cli", server)
-    results = {"pyoverlay": iperf_gbps([*docker_cmd(h1), "exec", "tput-cli"], server, seconds)}
-    # the same kernel VXLAN, hand-built between the two host namespaces, at the containers' MTU
-    mtu = int(h1.docker("exec", "tput-cli", "cat", "/sys/class/net/eth0/mtu").stdout)
-    for i, h in enumerate((h1, h2), start=1):
-        peer = lab.hosts[2 - i].address
-        h.run(
-            [
-                "ip",
-                "link",
-                "add",
-                "bvx0",
-                "mtu",
-                str(mtu),
-                "type",
-                "vxlan",
-                "id",
-                "999",
-                "local",
-                h.address,
-                "remote",
-                peer,
-                "dstport",
-                "4790",
-                "dev",
-                "eth0",
-            ]
-        )
-        h.run(["ip", "addr", "add", f"10.77.0.{i}/24", "dev", "bvx0"])
-        h.run(["ip", "link", "set", "bvx0", "up"])
-    server_proc = h2.popen(["iperf3", "-s"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
-        results["hand-built VXLAN"] = iperf_gbps(h1.nsenter(), "10.77.0.2", seconds)
-        results["bare underlay"] = iperf_gbps(h1.nsenter(), h2.address, seconds)
-    finally:
-        server_proc.terminate()
-        server_proc.wait()
-        for h in (h1, h2):
-            h.run(["ip", "link", "del", "bvx0"], check=False)
-    h1.docker("rm", "-f", "tput-cli")
-    h2.docker("rm", "-f", "tput-srv")
-    return results
 
 
 def convergence(lab: Lab, trials: int) -> dict[str, list[float]]:
@@ -194,23 +129,12 @@ def docker_cmd(h: LabHost) -> list[str]:
     return ["/usr/bin/docker", "-H", h.docker_host]
 
 
-def ip_of(h: LabHost, container: str, network: str) -> str:
-    out = h.docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", container).stdout
-    return json.loads(out)[network]["IPAddress"]
-
-
-def wait_ping(h: LabHost, container: str, target: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while h.docker("exec", container, "ping", "-c", "1", "-W", "1", target, check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{container} cannot reach {target}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput/RTT rounds")
     parser.add_argument("--seconds", type=int, default=10, help="iperf3 duration per measurement")
     parser.add_argument("--mtu", type=int, default=1500)
     parser.add_argument("--only", nargs="*", default=["throughput", "convergence", "control", "ipam"])
@@ -219,16 +143,10 @@ def main() -> None:
         lab.start_agents()
         h1, h2 = lab.hosts
         h1.create_network("bench", "--subnet", "10.60.0.0/16", "--ip-range", "10.60.0.0/24")
-        deadline = time.monotonic() + 15
-        while "bench" not in h2.docker("network", "ls", "--format", "{{.Name}}").stdout:
-            assert time.monotonic() < deadline, "bench network did not reach h2"
-            time.sleep(0.2)
+        wait_network(h2, "bench")
         print(f"lab: 2 hosts, underlay MTU {args.mtu}, etcd; {args.trials} trials\n")
         if "throughput" in args.only:
-            t = throughput(lab, args.seconds)
-            print("throughput (iperf3, 1 TCP stream, Gbit/s)")
-            for name, value in t.items():
-                print(f"  {name:<18} {value:7.2f}   ratio to pyoverlay {value / t['pyoverlay']:.2f}")
+            datapath.print_results(datapath.measure(lab, args.rounds, args.seconds))
         if "convergence" in args.only:
             c = convergence(lab, args.trials)
             print("convergence (s from `docker run` issued on host B)")
