@@ -44,7 +44,8 @@ def convergence(lab: Lab, trials: int) -> dict[str, list[float]]:
         )
         time.sleep(0.5)
         programmed: list[float] = []
-        watcher = threading.Thread(target=_wait_neighbour, args=(h1, target, programmed))
+        (netns,) = h1.network_namespaces()  # the bench network's, on A
+        watcher = threading.Thread(target=_wait_neighbour, args=(h1, netns, target, programmed))
         start = time.monotonic()
         watcher.start()
         h2.docker(
@@ -62,10 +63,11 @@ def convergence(lab: Lab, trials: int) -> dict[str, list[float]]:
     return times
 
 
-def _wait_neighbour(h: LabHost, target: str, found: list[float], timeout: float = 30) -> None:
+def _wait_neighbour(h: LabHost, netns: str, target: str, found: list[float], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
+    query = ["nsenter", f"--net={netns}", "ip", "neigh", "show", "to", target, "nud", "permanent"]
     while time.monotonic() < deadline:
-        if target in h.in_networks(["ip", "neigh", "show", "to", target, "nud", "permanent"]):
+        if target in h.run(query).stdout:
             found.append(time.monotonic())
             return
         time.sleep(0.005)
