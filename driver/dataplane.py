@@ -115,8 +115,9 @@ class Dataplane:
 
     # -- networks ---------------------------------------------------------------------------------
 
-    def ensure_network(self, vni: int, mtu: int, local_ip: str, port: int = 4789) -> None:
-        """Bridge + VXLAN device + FORWARD rule for a network; adopts, fixes or recreates what exists."""
+    def ensure_network(self, vni: int, mtu: int, local_ip: str, port: int = 4789, ipv6: bool = False) -> None:
+        """Bridge + VXLAN device + FORWARD rule (``ipv6``: in ip6tables too) for a network; adopts, fixes
+        or recreates what exists."""
         check_vni(vni)
         try:
             local = str(ipaddress.IPv4Address(local_ip.strip()))  # compared with what the kernel reports
@@ -126,6 +127,8 @@ class Dataplane:
             bridge = ensure_bridge(self._ipr, bridge_name(vni), mtu)
             ensure_vxlan(self._ipr, vxlan_name(vni), vni, local, port, mtu, bridge)
             firewall.ensure_forward_rule(vni, self.netns)
+            if ipv6:
+                firewall.ensure_forward_rule6(vni, self.netns)
 
     def delete_network(self, vni: int) -> None:
         """Remove the network's VXLAN device, bridge and FORWARD rules; nothing to do if they are gone."""
@@ -134,6 +137,7 @@ class Dataplane:
             delete_link(self._ipr, vxlan_name(vni))
             delete_link(self._ipr, bridge_name(vni))
             firewall.delete_forward_rules(vni, self.netns)
+            firewall.delete_forward_rules6(vni, self.netns)
 
     def ensure_host_address(self, vni: int, address: str | None, mac: str | None = None) -> None:
         """This host's own address on the network (pyoverlay expose): the bridge holds exactly
@@ -217,11 +221,12 @@ class Dataplane:
             delete_link(self._ipr, container)  # a stray half: with the host side went its peer
 
     def announce(self, vni: int, ip: str, mac: str) -> None:
-        """Broadcast a gratuitous ARP (ip is at mac) on the network's bridge, now and a few times more
-        shortly after: neighbours on this host that cached another MAC for ip update their entry."""
+        """Broadcast a gratuitous ARP (IPv6: an unsolicited neighbour advertisement) that ip is at mac on
+        the network's bridge, now and a few times more shortly after: neighbours on this host that cached
+        another MAC for ip update their entry."""
         ifname = bridge_name(vni)
         with kernel_op(ifname, f"announce {ip} at {mac}"):  # a missing bridge: ENODEV from the bind
-            frame = announce.garp_frame(ip, mac)
+            frame = announce.announcement(ip, mac)
             announce.send_frame(self.netns, ifname, frame)
         announce.send_later(self.netns, ifname, frame, self.announce_again)
 

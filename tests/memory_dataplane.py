@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 from driver import DataplaneError, PeerChanges, PeerState
-from driver.announce import garp_frame
+from driver.announce import announcement
 from driver.names import check_vni, veth_names
 
 
@@ -22,13 +22,13 @@ class MemoryDataplane:
         self.fail_vnis: set[int] = set()  # ensure_network on these raises, as a kernel error would
         self._lock = threading.Lock()
 
-    def ensure_network(self, vni: int, mtu: int, local_ip: str, port: int = 4789) -> None:
+    def ensure_network(self, vni: int, mtu: int, local_ip: str, port: int = 4789, ipv6: bool = False) -> None:
         check_vni(vni)
         with self._lock:
             self.calls.append(("ensure_network", vni))
             if vni in self.fail_vnis:
                 raise DataplaneError(f"VNI {vni}: injected failure")
-            self.networks[vni] = {"mtu": mtu, "local_ip": local_ip, "port": port}
+            self.networks[vni] = {"mtu": mtu, "local_ip": local_ip, "port": port, "ipv6": ipv6}
             self.peers.setdefault(vni, PeerState())
 
     def delete_network(self, vni: int) -> None:
@@ -92,7 +92,7 @@ class MemoryDataplane:
             if vni not in self.networks:
                 raise DataplaneError(f"VNI {vni}: announce {ip} at {mac}: bridge not found")
             try:
-                garp_frame(ip, mac)  # a malformed address fails as in the kernel dataplane
+                announcement(ip, mac)  # a malformed address fails as in the kernel dataplane
             except ValueError as exc:
                 raise DataplaneError(f"VNI {vni}: announce {ip} at {mac}: {exc}") from exc
             self.announced.append((vni, ip, mac))

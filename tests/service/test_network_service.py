@@ -44,7 +44,9 @@ def test_create_network_records_it_and_builds_devices(host_a: Host):
     assert (network.subnet, network.pool_id, network.gateway) == ("10.30.0.0/24", "10.30.0.0/24", "10.30.0.1")
     assert net.gateway == "10.30.0.1/24"
     assert host_a.store.bindings("host-a") == {net.docker_id: net.docker_id}
-    assert host_a.dp.networks == {VNI_MIN: {"mtu": 1450, "local_ip": "192.0.2.1", "port": 4789}}
+    assert host_a.dp.networks == {
+        VNI_MIN: {"mtu": 1450, "local_ip": "192.0.2.1", "port": 4789, "ipv6": False}
+    }
     assert host_a.kicks == [net.docker_id]
 
 
@@ -66,9 +68,16 @@ def test_mtu_option_lowers_the_device_mtu(host_a: Host):
 
 
 BAD_NETWORKS = {
-    "ipv6": (
+    "two ipv6 subnets": (
+        {
+            **network_body("n1", "10.40.0.0/24", "10.40.0.1/24"),
+            "IPv6Data": [{"AddressSpace": "pyoverlay", "Pool": p} for p in ("fd00::/64", "fd01::/64")],
+        },
+        "exactly one IPv6 subnet, got 2",
+    ),
+    "ipv6 on default ipam": (
         {**network_body("n1", "10.40.0.0/24", "10.40.0.1/24"), "IPv6Data": [{"Pool": "fd00::/64"}]},
-        "IPv4 only",
+        fix_command(),
     ),
     "two subnets": (
         {
