@@ -19,7 +19,8 @@ from plugin.messages import (
     RequestPoolRequest,
 )
 
-from .conftest import GATEWAY, Host, new_id
+from .conftest import GATEWAY, Host, Net, new_id
+from .test_docker_sync import daemon_of, listed
 
 
 def request_pool(host: Host, subnet: str, v6: bool) -> dict[str, Any]:
@@ -151,3 +152,20 @@ def test_endpoint_with_an_ipv6_address_outside_the_subnet_is_refused(host_a: Hos
     with pytest.raises(BadRequest, match="has no IPv6 address"):
         host_a.network.create_endpoint(CreateEndpointRequest.parse(body))
     assert host_a.store.list_endpoints() == []
+
+
+@pytest.mark.parametrize("v4", ["10.65.0.0/24", None], ids=["dual stack", "ipv6 only"])
+def test_an_ipv6_network_made_elsewhere_is_created_here_with_its_subnets(host_a: Host, host_b: Host, v4):
+    theirs, _, _ = create(host_b, v4, "fd00:65::/64")
+    daemon_b, daemon_a = daemon_of(host_b), daemon_of(host_a)
+    daemon_b.add(Net(theirs, "", "", ""), "web6")
+    listed(host_a)
+    listed(host_b).sync.sync_once()  # learns the name
+    host_a.drain(lambda: host_a.loop.view().networks[theirs].name == "web6")
+    host_a.sync.sync_once()
+    [made] = daemon_a.created
+    subnets = [(c["Subnet"], c["Gateway"]) for c in made["ipam"]["Config"]]
+    assert subnets == [*([(v4, "10.65.0.1")] if v4 else []), ("fd00:65::/64", "fd00:65::1")]
+    assert made["enable_ipv6"] is True
+    # IPv6-only: the option Docker >= 27 reads as --ipv4=false (Docker 20.10 passes it to us: refused)
+    assert made["options"] == (None if v4 else {"com.docker.network.enable_ipv4": "false"})
