@@ -21,6 +21,7 @@ from plugin.messages import (
 
 from .conftest import GATEWAY, Host, Net, new_id
 from .test_docker_sync import daemon_of, listed
+from .test_exposure import exposing
 
 
 def request_pool(host: Host, subnet: str, v6: bool) -> dict[str, Any]:
@@ -169,3 +170,10 @@ def test_an_ipv6_network_made_elsewhere_is_created_here_with_its_subnets(host_a:
     assert made["enable_ipv6"] is True
     # IPv6-only: the option Docker >= 27 reads as --ipv4=false (Docker 20.10 passes it to us: refused)
     assert made["options"] == (None if v4 else {"com.docker.network.enable_ipv4": "false"})
+
+
+def test_expose_on_an_ipv6_only_network_says_it_gives_ipv4(host_a: Host):
+    docker_id, _, _ = create(host_a, None, "fd00:66::/64")
+    host_a.store.set_network_name(docker_id, "six")
+    with pytest.raises(BadRequest, match="network six is IPv6-only: pyoverlay expose gives a host an IPv4"):
+        exposing(host_a).expose("six")
