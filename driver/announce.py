@@ -1,8 +1,9 @@
-"""Gratuitous ARP: tell the neighbours on a network's bridge that an IP now has this MAC.
+"""Gratuitous ARP (IPv4) and unsolicited neighbour advertisements (IPv6, RFC 4861 7.2.6): tell the
+neighbours on a network's bridge that an IP now has this MAC.
 
-The VXLAN device answers ARP itself (proxy ARP), so an announcement never crosses hosts: each host sends
-its own on its own bridge. Frames the host transmits through the bridge device are flooded to the ports
-and never learned (the bridge learns only from frames received on a port).
+The VXLAN device answers ARP and neighbour solicitations itself (proxy), so an announcement never crosses
+hosts: each host sends its own on its own bridge. Frames the host transmits through the bridge device are
+flooded to the ports and never learned (the bridge learns only from frames received on a port).
 """
 
 import ipaddress
@@ -14,7 +15,13 @@ from collections.abc import Callable, Iterable
 log = logging.getLogger(__name__)
 
 ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
 BROADCAST = b"\xff" * 6
+ALL_NODES = ipaddress.IPv6Address("ff02::1")
+ALL_NODES_MAC = b"\x33\x33\x00\x00\x00\x01"
+IPPROTO_ICMPV6 = 58
+NEIGHBOUR_ADVERTISEMENT = 136
+OVERRIDE = 0x20000000  # the O flag: receivers replace the link-layer address they cached
 MIN_FRAME = 60  # Ethernet minimum without the FCS
 
 
@@ -28,6 +35,39 @@ def garp_frame(ip: str, mac: str) -> bytes:
     # htype Ethernet, ptype IPv4, hlen 6, plen 4, op request
     arp = bytes.fromhex("0001080006040001") + hw + address + b"\0" * 6 + address
     return (ethernet + arp).ljust(MIN_FRAME, b"\0")
+
+
+def na_frame(ip: str, mac: str) -> bytes:
+    """An unsolicited neighbour advertisement to all nodes: target = ip, target link-layer address = mac,
+    Override set (so caches holding another MAC for ip take this one), hop limit 255 (receivers drop any
+    other)."""
+    hw = bytes.fromhex(mac.replace(":", ""))
+    if len(hw) != 6:
+        raise ValueError(f"invalid MAC address {mac!r}")
+    source = ipaddress.IPv6Address(ip).packed
+    option = bytes([2, 1]) + hw  # target link-layer address, 8 bytes
+    body = OVERRIDE.to_bytes(4, "big") + source + option
+    pseudo = source + ALL_NODES.packed + (4 + len(body)).to_bytes(4, "big") + bytes([0, 0, 0, IPPROTO_ICMPV6])
+    checksum = _checksum(pseudo + bytes([NEIGHBOUR_ADVERTISEMENT, 0, 0, 0]) + body)
+    icmp = bytes([NEIGHBOUR_ADVERTISEMENT, 0]) + checksum.to_bytes(2, "big") + body
+    header = (0x60000000).to_bytes(4, "big") + len(icmp).to_bytes(2, "big") + bytes([IPPROTO_ICMPV6, 255])
+    ethernet = ALL_NODES_MAC + hw + ETH_P_IPV6.to_bytes(2, "big")
+    return ethernet + header + source + ALL_NODES.packed + icmp
+
+
+def announcement(ip: str, mac: str) -> bytes:
+    """The frame that announces ip at mac: a gratuitous ARP for IPv4, a neighbour advertisement for IPv6."""
+    return na_frame(ip, mac) if ipaddress.ip_address(ip).version == 6 else garp_frame(ip, mac)
+
+
+def _checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
 
 
 def send_later(send: Callable[[], None], ifname: str, delays: Iterable[float]) -> None:

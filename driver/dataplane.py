@@ -283,11 +283,12 @@ class Dataplane:
             delete_link(self._host, container)  # a stray half: with the port went its peer
 
     def announce(self, vni: int, ip: str, mac: str) -> None:
-        """Broadcast a gratuitous ARP (ip is at mac) on the network's bridge, now and a few times more
-        shortly after: neighbours on this host that cached another MAC for ip update their entry."""
+        """Announce ip at mac on the network's bridge (a gratuitous ARP, or for IPv6 an unsolicited
+        neighbour advertisement), now and a few times more shortly after: neighbours on this host that
+        cached another MAC for ip update their entry."""
         ifname = bridge_name(vni)
         try:
-            frame = announce.garp_frame(ip, mac)
+            frame = announce.announcement(ip, mac)
         except ValueError as exc:
             raise DataplaneError(f"{ifname}: announce {ip} at {mac}: {exc}") from exc
         path = self.network_netns(vni)

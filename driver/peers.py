@@ -9,16 +9,19 @@ FLOOD_MAC = "00:00:00:00:00:00"
 
 @dataclass(frozen=True)
 class Peer:
-    """An endpoint on another host: its MAC, its IP (if known) and the VTEP (host underlay IP) behind it."""
+    """An endpoint on another host: its MAC, its IPv4 and IPv6 address (if any) and the VTEP (host
+    underlay IP) behind it."""
 
     mac: str
     ip: str | None
     vtep: str
+    ip6: str | None = None
 
 
 @dataclass(frozen=True)
 class PeerState:
-    """FDB entries (mac, vtep) on a VXLAN device, including flood entries, and neighbour entries (ip, mac)."""
+    """FDB entries (mac, vtep) on a VXLAN device, including flood entries, and neighbour entries (ip, mac)
+    of either family (the VXLAN device answers ARP and neighbour solicitations from them)."""
 
     fdb: frozenset[tuple[str, str]] = frozenset()
     neigh: frozenset[tuple[str, str]] = frozenset()
@@ -53,21 +56,28 @@ def normalize_ip(address: str) -> str:
 def desired_state(peers: Iterable[Peer], flood_vteps: Iterable[str]) -> PeerState:
     """The entries a VXLAN device should hold for these remote peers and flood destinations.
 
-    Every flood VTEP gets an all-zeros FDB entry (broadcast and multicast go to each). The kernel keeps
-    one destination per unicast MAC and one MAC per IP, so when peers conflict the lowest (vtep, mac)
-    wins: the result never depends on input order.
+    Every flood VTEP gets an all-zeros FDB entry (broadcast and multicast go to each). A peer's IPv4 and
+    IPv6 address each get a neighbour entry. The kernel keeps one destination per unicast MAC and one MAC
+    per IP, so when peers conflict the lowest (vtep, mac) wins: the result never depends on input order.
     """
     normalized = sorted(
-        (normalize_ip(p.vtep), normalize_mac(p.mac), normalize_ip(p.ip) if p.ip else "") for p in peers
+        (
+            normalize_ip(p.vtep),
+            normalize_mac(p.mac),
+            normalize_ip(p.ip) if p.ip else "",
+            normalize_ip(p.ip6) if p.ip6 else "",
+        )
+        for p in peers
     )
     vtep_of_mac: dict[str, str] = {}
     mac_of_ip: dict[str, str] = {}
-    for vtep, mac, ip in normalized:
+    for vtep, mac, *ips in normalized:
         if mac == FLOOD_MAC:
             continue  # the all-zeros MAC means "flood"; a peer can't own it
         vtep_of_mac.setdefault(mac, vtep)
-        if ip and vtep_of_mac[mac] == vtep:
-            mac_of_ip.setdefault(ip, mac)
+        for ip in ips:
+            if ip and vtep_of_mac[mac] == vtep:
+                mac_of_ip.setdefault(ip, mac)
     fdb = set(vtep_of_mac.items())
     fdb |= {(FLOOD_MAC, normalize_ip(vtep)) for vtep in flood_vteps}
     return PeerState(fdb=frozenset(fdb), neigh=frozenset(mac_of_ip.items()))

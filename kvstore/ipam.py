@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv4Network
+from ipaddress import ip_network
 from typing import Any, TypeVar
 
 from . import alloc
@@ -104,9 +104,12 @@ class IpamPolicy:
         return Pool.from_json(load(current))
 
     def list_pools(self) -> list[Pool]:
-        """Every pool, by subnet."""
+        """Every pool, by subnet (IPv4 first)."""
         items, _ = self._kv.range(POOLS)
-        return sorted((Pool.from_json(load(i)) for i in items), key=lambda p: IPv4Network(p.subnet))
+        pools = (Pool.from_json(load(i)) for i in items)
+        return sorted(
+            pools, key=lambda p: (ip_network(p.subnet).version, int(ip_network(p.subnet).network_address))
+        )
 
     def release_pool(self, host_id: str, pool_id: str) -> None:
         """Drop ``host_id`` from the holders; the last holder deletes the pool and every address in it,
@@ -143,15 +146,22 @@ class IpamPolicy:
 
     def _pool_deletion(self, pool_id: str, index: Item | None, current: Item | None) -> tuple[list, list]:
         """Compares and operations that delete a pool read as ``current`` and every address in it."""
-        pools = {k: v for k, v in (load(index).get("pools", {}) if index else {}).items() if k != pool_id}
-        compare = [unchanged(pool_key(pool_id), current), unchanged(POOLS_INDEX, index)]
-        return compare, [
-            Put(POOLS_INDEX, dump({"pools": pools})),
-            Delete(pool_key(pool_id)),
-            Delete(cursor_key(pool_id)),
-            Delete(address_prefix(pool_id), prefix=True),
-            Delete(owner_prefix(pool_id), prefix=True),
-        ]
+        return self._pools_deletion({pool_id: current}, index)
+
+    def _pools_deletion(self, pools: dict[str, Item | None], index: Item | None) -> tuple[list, list]:
+        """As _pool_deletion for several pools (pool id -> as read) in one transaction: the pool index
+        is written once (a transaction may not put one key twice)."""
+        dropped = {k: v for k, v in (load(index).get("pools", {}) if index else {}).items() if k not in pools}
+        compare = [unchanged(POOLS_INDEX, index), *(unchanged(pool_key(p), c) for p, c in pools.items())]
+        ops: list[Any] = [Put(POOLS_INDEX, dump({"pools": dropped}))]
+        for pool_id in pools:
+            ops += [
+                Delete(pool_key(pool_id)),
+                Delete(cursor_key(pool_id)),
+                Delete(address_prefix(pool_id), prefix=True),
+                Delete(owner_prefix(pool_id), prefix=True),
+            ]
+        return compare, ops
 
     # -- addresses ----------------------------------------------------------------------------------
     def _taken(self, pool_id: str, pool_revision: int, refresh: bool) -> set[int]:

@@ -47,8 +47,8 @@ def _record(cls, data: dict[str, Any]):
 
 @dataclass(frozen=True)
 class Pool:
-    """An IPv4 pool. ``pool_id`` is the subnet in CIDR form: the same subnet gives the same PoolID on
-    every host."""
+    """An IPv4 or IPv6 pool. ``pool_id`` is the subnet in CIDR form: the same subnet gives the same PoolID
+    on every host."""
 
     pool_id: str
     subnet: str
@@ -69,14 +69,23 @@ class Network:
 
     network_id: str  # cluster id: the Docker NetworkID on the host that created it first
     vni: int
-    subnet: str | None = None  # None only for networks on Docker's default IPAM (single host)
+    subnet: str | None = None  # IPv4; None for IPv6-only networks and on Docker's default IPAM
     pool_id: str | None = None  # set when the pyoverlay IPAM driver owns the addresses
     gateway: str | None = None
     ip_range: str | None = None
+    subnet6: str | None = None  # IPv6 (docker network create --ipv6)
+    pool6_id: str | None = None
+    gateway6: str | None = None
+    ip_range6: str | None = None
     name: str = ""  # learned from the creating host's daemon after creation
     mtu: int | None = None  # from com.docker.network.driver.mtu
     options: dict[str, str] = field(default_factory=dict)  # generic driver options as given
     created_by: str = ""  # host id
+
+    @property
+    def pool_ids(self) -> tuple[str, ...]:
+        """The network's pyoverlay pools, IPv4 first; the first is its identity across hosts."""
+        return tuple(p for p in (self.pool_id, self.pool6_id) if p)
 
     def to_json(self) -> dict[str, Any]:
         return {"v": SCHEMA_VERSION, **asdict(self)}
@@ -97,11 +106,17 @@ class Endpoint:
     container_name: str = ""  # learned from the local daemon after Join
     aliases: tuple[str, ...] = ()  # the container's other names on this network (--network-alias, …)
     kind: str = CONTAINER_KIND  # HOST_KIND: the host's own address on the network, on its bridge (no veth)
+    address6: str | None = None  # IPv6 in CIDR form (fd00:1::5/64)
 
     @property
     def ip(self) -> str | None:
         """The IPv4 address without its prefix length (10.0.0.5), or None."""
         return self.address.split("/")[0] if self.address else None
+
+    @property
+    def ip6(self) -> str | None:
+        """The IPv6 address without its prefix length (fd00:1::5), or None."""
+        return self.address6.split("/")[0] if self.address6 else None
 
     @property
     def address_owner(self) -> str:

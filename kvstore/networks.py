@@ -36,8 +36,8 @@ class NetworkPolicy(IpamPolicy):
     def create_network(self, host_id: str, docker_network_id: str, network: Network) -> Network:
         """Bind ``docker_network_id`` on ``host_id`` to a cluster network and return the stored one.
         If the host already binds ``docker_network_id``: return that network (idempotent). Else if
-        ``network.pool_id`` is set and a cluster network with that pool exists, bind to it (a network made
-        on another host appearing here, or this host coming back to a network it had left: the "left"
+        a cluster network with ``network``'s first pool (IPv4, else IPv6) exists, bind to it (a network
+        made on another host appearing here, or this host coming back to a network it had left: the "left"
         mark is cleared); Conflict if this host already binds another Docker network to it. Else create
         ``network`` with a fresh VNI (the ``vni`` field of the argument is ignored) and ``network_id`` as
         given. Exhausted when no VNI is free."""
@@ -47,17 +47,19 @@ class NetworkPolicy(IpamPolicy):
         this_binding = binding_key(host_id, docker_network_id)
 
         def attempt(_: int) -> Network:
-            pool_net_key = pool_network_key(network.pool_id) if network.pool_id else None
-            binding, pool_net, by_id = self._kv.get(
-                this_binding, pool_net_key or this_binding, NETWORKS + network.network_id
+            # the first pool (IPv4, else IPv6) names the network across hosts; every pool maps to it
+            pool_net_keys = [pool_network_key(pool_id) for pool_id in network.pool_ids]
+            binding, by_id, *pool_nets = self._kv.get(
+                this_binding, NETWORKS + network.network_id, *pool_net_keys
             )
+            pool_net = pool_nets[0] if pool_nets else None
             if binding is not None:
                 [bound] = self._kv.get(NETWORKS + load(binding)["network_id"])
                 if bound is not None:
                     return Network.from_json(load(bound))
                 # else: a binding left behind when another host deleted the network; replace it
             target = by_id
-            if pool_net_key and pool_net is not None:
+            if pool_net is not None:
                 [target] = self._kv.get(NETWORKS + load(pool_net)["network_id"])
             if target is not None:
                 return self._bind(host_id, docker_network_id, binding, target)
@@ -78,9 +80,9 @@ class NetworkPolicy(IpamPolicy):
                     dump({"docker_network_id": docker_network_id}),
                 ),
             ]
-            if pool_net_key:
-                compare.append(unchanged(pool_net_key, pool_net))
-                success.append(Put(pool_net_key, dump({"network_id": created.network_id})))
+            for key, item in zip(pool_net_keys, pool_nets, strict=True):
+                compare.append(unchanged(key, item))
+                success.append(Put(key, dump({"network_id": created.network_id})))
             return created if self._txn(compare, success) is not RETRY else RETRY
 
         return self._retry("creating a network", attempt)
@@ -246,11 +248,10 @@ class NetworkPolicy(IpamPolicy):
                 Delete(in_network, prefix=True),  # stale: Docker deletes a network only without endpoints
                 *(Delete(endpoint_index_key(e.endpoint_id)) for _, e in endpoints),
             ]
-            if network.pool_id:
-                success.append(Delete(pool_network_key(network.pool_id)))
-                more_compare, more_success = self._drop_pool_if_released(network.pool_id)
-                compare += more_compare
-                success += more_success
+            success += [Delete(pool_network_key(pool_id)) for pool_id in network.pool_ids]
+            more_compare, more_success = self._drop_pools_if_released(network.pool_ids)
+            compare += more_compare
+            success += more_success
             return RETRY if self._txn(compare, success) is RETRY else True
 
         return self._retry("deleting a network", attempt)
@@ -279,10 +280,17 @@ class NetworkPolicy(IpamPolicy):
             ops.append(Delete(address_key))
         return [unchanged(owner_key, held), unchanged(address_key, address)], ops
 
-    def _drop_pool_if_released(self, pool_id: str) -> tuple[list, list]:
-        """The pool of a network being deleted goes with it if every holder released it already (they
-        kept it for this deletion). Comparing it unchanged orders this against a racing release."""
-        index, current = self._kv.get(POOLS_INDEX, pool_key(pool_id))
-        if current is None or Pool.from_json(load(current)).holders:
-            return [unchanged(pool_key(pool_id), current)], []
-        return self._pool_deletion(pool_id, index, current)
+    def _drop_pools_if_released(self, pool_ids: tuple[str, ...]) -> tuple[list, list]:
+        """The pools of a network being deleted go with it if every holder released them already (they
+        kept them for this deletion). Comparing them unchanged orders this against a racing release."""
+        index, *currents = self._kv.get(POOLS_INDEX, *(pool_key(p) for p in pool_ids))
+        compare, released = [], {}
+        for pool_id, current in zip(pool_ids, currents, strict=True):
+            if current is None or Pool.from_json(load(current)).holders:
+                compare.append(unchanged(pool_key(pool_id), current))
+            else:
+                released[pool_id] = current
+        if not released:
+            return compare, []
+        more_compare, ops = self._pools_deletion(released, index)
+        return compare + more_compare, ops

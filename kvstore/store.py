@@ -69,14 +69,21 @@ class Store(NetworkPolicy):
         return [Host.from_json(load(i)) for i in items]
 
     # -- endpoints ----------------------------------------------------------------------------------
-    def put_endpoint(self, endpoint: Endpoint, adopt_from_pool: str | None = None) -> Endpoint:
-        """Create or overwrite. NotFound if its network does not exist. With ``adopt_from_pool``, the
-        endpoint's address in that pool passes to its MAC in the same transaction, as adopt_address
-        would hand it over (or leaves it as it is, as adopt_address would)."""
+    def put_endpoint(
+        self, endpoint: Endpoint, adopt_from_pool: str | None = None, adopt6_from_pool: str | None = None
+    ) -> Endpoint:
+        """Create or overwrite. NotFound if its network does not exist. With ``adopt_from_pool`` (and
+        ``adopt6_from_pool`` for its IPv6 address), the endpoint's address in that pool passes to its MAC
+        in the same transaction, as adopt_address would hand it over (or leaves it as it is, as
+        adopt_address would)."""
         segment(endpoint.network_id, "network id")
         index_key = endpoint_index_key(segment(endpoint.endpoint_id, "endpoint id"))
-        adopting = adopt_from_pool is not None and endpoint.address is not None
-        adopt_keys = adoption_keys(adopt_from_pool, endpoint.address, endpoint.mac) if adopting else ()  # type: ignore[arg-type]
+        adopting = [
+            (pool, address)
+            for pool, address in ((adopt_from_pool, endpoint.address), (adopt6_from_pool, endpoint.address6))
+            if pool is not None and address is not None
+        ]
+        adopt_keys = [key for pool, address in adopting for key in adoption_keys(pool, address, endpoint.mac)]
 
         def attempt(_: int) -> Endpoint:
             network, index, *held = self._kv.get(NETWORKS + endpoint.network_id, index_key, *adopt_keys)
@@ -92,13 +99,10 @@ class Store(NetworkPolicy):
                 same_incarnation(NETWORKS + endpoint.network_id, network),
                 unchanged(index_key, index),
             ]
-            if adopting:
+            for n, (pool, address) in enumerate(adopting):
+                current, owner_kv = held[2 * n : 2 * n + 2]
                 _, more_compares, more_ops = adoption(
-                    adopt_from_pool,
-                    endpoint.address,
-                    endpoint.host_id,
-                    endpoint.mac,
-                    *held,  # type: ignore[arg-type]
+                    pool, address, endpoint.host_id, endpoint.mac, current, owner_kv
                 )
                 compares, ops = compares + more_compares, ops + more_ops
             return endpoint if self._txn(compares, ops) is not RETRY else RETRY
@@ -212,24 +216,24 @@ class Store(NetworkPolicy):
             ops = [Delete(key)]
             if index is not None and load(index)["network_id"] == endpoint.network_id:
                 ops.append(Delete(index_key))
-            pool_id = load(network).get("pool_id") if network else None
+            record = Network.from_json(load(network)) if network else None
             owner_id = Endpoint.from_json(load(current)).address_owner  # a MAC, or a host exposure's id
-            freed = None
-            if pool_id and owner_id:
+            freed: list[tuple[str, str]] = []
+            for pool_id in record.pool_ids if record and owner_id else ():
                 owner_key = owner_prefix(pool_id) + owner_id
                 [owner] = self._kv.get(owner_key)
                 if owner is not None:
-                    freed = load(owner)["address"]
-                    address_key = address_prefix(pool_id) + freed
+                    address_key = address_prefix(pool_id) + load(owner)["address"]
                     [address] = self._kv.get(address_key)
                     compares += [unchanged(owner_key, owner), unchanged(address_key, address)]
                     ops.append(Delete(owner_key))
                     if address is not None and load(address).get("owner") == owner_id:
                         ops.append(Delete(address_key))
+                    freed.append((pool_id, load(owner)["address"]))
             if self._txn(compares, ops) is RETRY:
                 return RETRY
-            if freed:
-                self._note_taken(pool_id, freed, taken=False)
+            for pool_id, address in freed:
+                self._note_taken(pool_id, address, taken=False)
             return True
 
         return self._retry(f"forgetting endpoint {endpoint.endpoint_id}", attempt)

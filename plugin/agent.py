@@ -65,7 +65,14 @@ class Agent:
             vxlan_port=settings.vxlan_port,
             embedded=settings.embedded,
         )
-        self.ipam = IpamService(self.store, self.host_id, settings.default_pool, settings.default_pool_size)
+        self.ipam = IpamService(
+            self.store,
+            self.host_id,
+            settings.default_pool,
+            settings.default_pool_size,
+            settings.default_pool6,
+            settings.default_pool6_size,
+        )
         self.loop = EventLoop(
             self.store,
             self.dataplane,
@@ -99,7 +106,10 @@ class Agent:
 
     def _ensure_devices(self, network: Network) -> None:
         self.dataplane.ensure_network(
-            network.vni, self.network.mtu_for(network), self.vtep, self.settings.vxlan_port
+            network.vni,
+            self.network.mtu_for(network),
+            self.vtep,
+            self.settings.vxlan_port,
         )
 
     def _network_changed(self, network_id: str) -> None:

@@ -32,6 +32,7 @@ from .containers import (
     inspected_aliases,
 )
 from .event_loop import View
+from .messages import IPV4_OPTION
 from .nameservice.index import Askers
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class DockerSync:
         skip = set(bindings.values()) | self.store.left_networks(self.host_id)
         local_names = {n.name for n in client.networks.list()}
         for network in cluster.values():
-            if network.network_id in skip or not network.name or not network.pool_id:
+            if network.network_id in skip or not network.name or not network.pool_ids:
                 continue
             if network.name in local_names:
                 log.warning(
@@ -149,14 +150,26 @@ class DockerSync:
                 self.kick("")  # its devices go
 
     def _create_local(self, client: docker.DockerClient, driver: str, network: Network) -> None:
-        log.info("creating network %s (%s), made on another host", network.name, network.subnet)
-        pool = IPAMPool(subnet=network.subnet, iprange=network.ip_range, gateway=network.gateway)
+        subnets = ", ".join(s for s in (network.subnet, network.subnet6) if s)
+        log.info("creating network %s (%s), made on another host", network.name, subnets)
+        pools = [
+            IPAMPool(subnet=subnet, iprange=ip_range, gateway=gateway)
+            for subnet, ip_range, gateway in (
+                (network.subnet, network.ip_range, network.gateway),
+                (network.subnet6, network.ip_range6, network.gateway6),
+            )
+            if subnet
+        ]
+        options = dict(network.options)
+        if not network.subnet:  # IPv6-only: Docker >= 27 reads this option as --ipv4=false
+            options.setdefault(IPV4_OPTION, "false")
         try:
             client.networks.create(
                 network.name,
                 driver=driver,
-                options=network.options or None,
-                ipam=IPAMConfig(driver=driver, pool_configs=[pool]),
+                options=options or None,
+                ipam=IPAMConfig(driver=driver, pool_configs=pools),
+                enable_ipv6=bool(network.subnet6),
             )
         except docker.errors.APIError as exc:
             log.warning("cannot create network %s here: %s", network.name, exc.explanation or exc)
@@ -252,14 +265,10 @@ class DockerSync:
                 continue
             log.info("removing endpoint %s: no veth and no container on this host", endpoint_id[:12])
             self.store.delete_endpoint(endpoint_id)
-            address = endpoint.ip
-            # only while the endpoint's MAC still owns it: Docker may have released it to another container
-            if (
-                network.pool_id
-                and address
-                and self.store.list_addresses(network.pool_id).get(address) == endpoint.mac
-            ):
-                self.store.release_address(network.pool_id, address)
+            for pool_id, address in ((network.pool_id, endpoint.ip), (network.pool6_id, endpoint.ip6)):
+                # only while the endpoint's MAC still owns it: Docker may have given it to another container
+                if pool_id and address and self.store.list_addresses(pool_id).get(address) == endpoint.mac:
+                    self.store.release_address(pool_id, address)
 
 
 def managed_plugin_id(mountinfo: str = "/proc/self/mountinfo") -> str | None:

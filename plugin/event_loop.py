@@ -32,15 +32,17 @@ RETRY_MIN, RETRY_MAX = 0.5, 10.0
 
 def remote_peers(host_id: str, endpoints: dict[str, Endpoint]) -> list[Peer]:
     """Endpoints on other hosts, as the dataplane programs them."""
-    return [Peer(mac=e.mac, ip=e.ip, vtep=e.vtep) for e in endpoints.values() if e.host_id != host_id]
+    return [
+        Peer(mac=e.mac, ip=e.ip, vtep=e.vtep, ip6=e.ip6) for e in endpoints.values() if e.host_id != host_id
+    ]
 
 
 def _announces(host_id: str, before: Endpoint | None, after: Endpoint) -> bool:
-    """Whether a watch event makes this host announce a remote endpoint: it appeared with an IPv4
-    address, or its IP-to-MAC mapping changed."""
-    if after.host_id == host_id or not after.address:
+    """Whether a watch event makes this host announce a remote endpoint: it appeared with an address,
+    or its IP-to-MAC mapping changed."""
+    if after.host_id == host_id or not (after.address or after.address6):
         return False
-    return before is None or (before.ip, before.mac) != (after.ip, after.mac)
+    return before is None or (before.ip, before.ip6, before.mac) != (after.ip, after.ip6, after.mac)
 
 
 def own_host_address(host_id: str, endpoints: dict[str, Endpoint]) -> tuple[str, str] | None:
@@ -296,13 +298,13 @@ class EventLoop:
         if network is None:
             return
         for endpoint in endpoints:
-            ip = endpoint.ip
-            if ip is None:
-                continue
-            try:
-                self.dataplane.announce(network.vni, ip, endpoint.mac)
-            except DataplaneError as exc:
-                log.warning("network %s: %s", network.name or network_id[:12], exc)
+            for ip in (endpoint.ip, endpoint.ip6):
+                if ip is None:
+                    continue
+                try:
+                    self.dataplane.announce(network.vni, ip, endpoint.mac)
+                except DataplaneError as exc:
+                    log.warning("network %s: %s", network.name or network_id[:12], exc)
 
     def collect_devices(self) -> None:
         """Remove the devices of networks no longer bound here (removed on another host, or while the agent

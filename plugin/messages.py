@@ -87,10 +87,6 @@ def _check_driver_options(generic: dict[str, str]) -> int | None:
             f"pyoverlay does not know the driver option{'s' if len(unknown) > 1 else ''} {options}; "
             f"the driver options it knows: {known}"
         )
-    if _docker_bool(generic, IPV4_OPTION) is False:
-        raise BadRequest(
-            f"pyoverlay networks are IPv4 networks; remove -o {IPV4_OPTION}={generic[IPV4_OPTION]}"
-        )
     if MTU_OPTION not in generic:
         return None
     value = generic[MTU_OPTION]
@@ -115,21 +111,43 @@ def parse_mac(value: str, what: str = "MAC address") -> str:
     return mac
 
 
-def parse_interface_cidr(value: str, what: str) -> ipaddress.IPv4Interface:
+def parse_interface_cidr(value: str, what: str, version: int = 4) -> Any:
+    """An IPv4Interface (``version`` 6: IPv6Interface) from "address/prefixlen"."""
     try:
         iface = ipaddress.ip_interface(value)
     except ValueError:
         raise BadRequest(f"{what} {value!r} is not an address in CIDR form") from None
-    if iface.version != 4:
-        raise BadRequest(f"{what} {value!r}: pyoverlay supports IPv4 only")
-    return iface  # type: ignore[return-value]
+    if iface.version != version:
+        raise BadRequest(f"{what} {value!r} is not an IPv{version} address")
+    return iface
+
+
+def _ipam_data(body: dict[str, Any], key: str, version: int) -> list[IPAMData]:
+    found = []
+    for item in _get(body, key, list, []):
+        if not isinstance(item, dict):
+            raise BadRequest(f"{key} entries must be objects")
+        pool = _get(item, "Pool", str, required=True)
+        try:
+            net = ipaddress.ip_network(pool)
+        except ValueError:
+            net = None
+        if net is None or net.version != version:
+            raise BadRequest(f"{key}.Pool {pool!r} is not an IPv{version} subnet")
+        gateway = _get(item, "Gateway", str) or None
+        if gateway:
+            parse_interface_cidr(gateway, f"{key}.Gateway", version)
+        found.append(IPAMData(address_space=_get(item, "AddressSpace", str, ""), pool=pool, gateway=gateway))
+    return found
 
 
 # -- NetworkDriver ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class IPv4Data:
+class IPAMData:
+    """One entry of CreateNetwork's IPv4Data or IPv6Data."""
+
     address_space: str
     pool: str  # subnet, CIDR
     gateway: str | None  # CIDR ("10.0.0.1/24") as Docker sends it
@@ -138,45 +156,30 @@ class IPv4Data:
 @dataclass(frozen=True)
 class CreateNetworkRequest:
     docker_network_id: str  # Docker's NetworkID: per host; the cluster network is bound to it
-    ipv4: list[IPv4Data]
+    ipv4: list[IPAMData]
     ipv6_requested: bool
     generic: dict[str, str]  # -o key=value options
     mtu: int | None
+    ipv6: tuple[IPAMData, ...] = ()
+    ipv4_disabled: bool = False  # Docker >= 28 --ipv4=false (or -o com.docker.network.enable_ipv4=false)
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> CreateNetworkRequest:
         options = _get(body, "Options", dict, {})
         generic = _str_map(options.get(GENERIC_OPTIONS), "Options." + GENERIC_OPTIONS)
         mtu = _check_driver_options(generic)
-        ipv4 = []
-        for item in _get(body, "IPv4Data", list, []):
-            if not isinstance(item, dict):
-                raise BadRequest("IPv4Data entries must be objects")
-            pool = _get(item, "Pool", str, required=True)
-            try:
-                ipaddress.IPv4Network(pool)
-            except ValueError:
-                raise BadRequest(f"IPv4Data.Pool {pool!r} is not an IPv4 subnet") from None
-            gateway = _get(item, "Gateway", str) or None
-            if gateway:
-                parse_interface_cidr(gateway, "IPv4Data.Gateway")
-            ipv4.append(
-                IPv4Data(
-                    address_space=_get(item, "AddressSpace", str, ""),
-                    pool=pool,
-                    gateway=gateway,
-                )
-            )
-        ipv6 = _get(body, "IPv6Data", list, [])
+        ipv6 = _ipam_data(body, "IPv6Data", 6)
         return cls(
             docker_network_id=_ident(body, "NetworkID"),
-            ipv4=ipv4,
+            ipv4=_ipam_data(body, "IPv4Data", 4),
             # Docker 20.10 leaves `-o com.docker.network.enable_ipv6=true` to the driver
             ipv6_requested=bool(ipv6)
             or options.get(IPV6_OPTION) is True
             or bool(_docker_bool(generic, IPV6_OPTION)),
             generic=generic,
             mtu=mtu,
+            ipv6=tuple(ipv6),
+            ipv4_disabled=options.get(IPV4_OPTION) is False or _docker_bool(generic, IPV4_OPTION) is False,
         )
 
 
@@ -210,19 +213,20 @@ class CreateEndpointRequest:
     docker_network_id: str  # Docker's NetworkID: per host; the cluster network is bound to it
     endpoint_id: str
     address: ipaddress.IPv4Interface | None
-    ipv6_address: str | None
+    ipv6_address: ipaddress.IPv6Interface | None
     mac: str | None
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> CreateEndpointRequest:
         iface = _get(body, "Interface", dict, {})
         address = _get(iface, "Address", str) or None
+        address6 = _get(iface, "AddressIPv6", str) or None
         mac = _get(iface, "MacAddress", str) or None
         return cls(
             docker_network_id=_ident(body, "NetworkID"),
             endpoint_id=_ident(body, "EndpointID", _ENDPOINT_ID),
             address=parse_interface_cidr(address, "Interface.Address") if address else None,
-            ipv6_address=_get(iface, "AddressIPv6", str) or None,
+            ipv6_address=parse_interface_cidr(address6, "Interface.AddressIPv6", 6) if address6 else None,
             mac=parse_mac(mac, "Interface.MacAddress") if mac else None,
         )
 
@@ -269,9 +273,9 @@ class RequestAddressRequest:
         address = _get(body, "Address", str) or None
         if address:
             try:
-                ipaddress.IPv4Address(address)
+                ipaddress.ip_address(address)
             except ValueError:
-                raise BadRequest(f"Address {address!r} is not an IPv4 address") from None
+                raise BadRequest(f"Address {address!r} is not an IP address") from None
         mac = options.get(MAC_OPTION) or None
         return cls(
             pool_id=_get(body, "PoolID", str, required=True),
@@ -293,5 +297,5 @@ class ReleaseAddressRequest:
             # Docker sends a bare address; tolerate CIDR form
             bare = str(ipaddress.ip_interface(address).ip)
         except ValueError:
-            raise BadRequest(f"Address {address!r} is not an IPv4 address") from None
+            raise BadRequest(f"Address {address!r} is not an IP address") from None
         return cls(pool_id=_get(body, "PoolID", str, required=True), address=bare)

@@ -19,6 +19,9 @@ class Settings:
     log_level: str = "info"
     default_pool: str = "10.200.0.0/13"
     default_pool_size: int = 24
+    # a ULA (RFC 4193) /48 with the fixed global ID 70:796f:76 ("pyov"): change it if your site uses it
+    default_pool6: str = "fd70:796f:7600::/48"
+    default_pool6_size: int = 64
     vxlan_port: int = 4789
     etcd_ca_cert: str = ""
     etcd_cert: str = ""
@@ -44,6 +47,8 @@ _HELP = {
     "log_level": "debug, info, warning or error",
     "default_pool": "range that subnets are carved from when a network names none",
     "default_pool_size": "prefix length of carved subnets",
+    "default_pool6": "IPv6 range that IPv6 subnets are carved from when a network names none",
+    "default_pool6_size": "prefix length of carved IPv6 subnets",
     "vxlan_port": "UDP port of the VXLAN devices",
     "etcd_ca_cert": "CA certificate file for etcd TLS",
     "etcd_cert": "client certificate file for etcd TLS",
@@ -99,7 +104,14 @@ def _validate(raw: dict[str, str]) -> Settings:
             values[key] = tuple(_endpoint(e) for e in value.split(",") if e.strip())
         elif key == "dns_upstreams":
             values[key] = tuple(_upstream(e) for e in value.split(",") if e.strip())
-        elif key in ("default_pool_size", "vxlan_port", "workers_threads", "host_ttl", "resync_interval"):
+        elif key in (
+            "default_pool_size",
+            "default_pool6_size",
+            "vxlan_port",
+            "workers_threads",
+            "host_ttl",
+            "resync_interval",
+        ):
             try:
                 values[key] = int(value)
             except ValueError:
@@ -113,6 +125,14 @@ def _validate(raw: dict[str, str]) -> Settings:
         raise SystemExit(f"pyoverlay: DEFAULT_POOL {settings.default_pool!r} is not an IPv4 subnet") from None
     if not pool.prefixlen <= settings.default_pool_size <= 30:
         raise SystemExit(f"pyoverlay: DEFAULT_POOL_SIZE must be between {pool.prefixlen} and 30")
+    try:
+        pool6 = ipaddress.IPv6Network(settings.default_pool6)
+    except ValueError:
+        raise SystemExit(
+            f"pyoverlay: DEFAULT_POOL6 {settings.default_pool6!r} is not an IPv6 subnet"
+        ) from None
+    if not pool6.prefixlen <= settings.default_pool6_size <= 126:
+        raise SystemExit(f"pyoverlay: DEFAULT_POOL6_SIZE must be between {pool6.prefixlen} and 126")
     if settings.advertise_addr:
         _address("advertise_addr", settings.advertise_addr)
     if settings.dns_address:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 from driver import DataplaneError, PeerChanges, PeerState
-from driver.announce import garp_frame
+from driver.announce import announcement
 from driver.names import check_vni, veth_names
 
 
@@ -92,7 +92,7 @@ class MemoryDataplane:
             if vni not in self.networks:
                 raise DataplaneError(f"VNI {vni}: announce {ip} at {mac}: bridge not found")
             try:
-                garp_frame(ip, mac)  # a malformed address fails as in the kernel dataplane
+                announcement(ip, mac)  # a malformed address fails as in the kernel dataplane
             except ValueError as exc:
                 raise DataplaneError(f"VNI {vni}: announce {ip} at {mac}: {exc}") from exc
             self.announced.append((vni, ip, mac))

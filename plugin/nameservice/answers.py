@@ -39,10 +39,12 @@ def answer(
         return None
     random.shuffle(addresses)  # as Docker does: clients that take the first spread over all holders
     response = _response(query)
-    if question.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY):
-        response.answer.append(_rrset(question.name, dns.rdatatype.A, addresses))
-    # Another type (AAAA, MX, …) of a name we hold: the name exists, without such records (NODATA).
-    # NXDOMAIN here would make a resolver that asks A and AAAA at once drop the A answer too.
+    for rdtype, family in ((dns.rdatatype.A, False), (dns.rdatatype.AAAA, True)):
+        matching = [a for a in addresses if (":" in a) is family]
+        if matching and question.rdtype in (rdtype, dns.rdatatype.ANY):
+            response.answer.append(_rrset(question.name, rdtype, matching))
+    # Another type (MX, …, or AAAA of a name with IPv4 only): the name exists, without such records
+    # (NODATA). NXDOMAIN here would make a resolver that asks A and AAAA at once drop the A answer too.
     return response
 
 
@@ -50,7 +52,7 @@ def _pointer(
     query: dns.message.Message, qname: dns.name.Name, networks: frozenset[str], index: NameIndex
 ) -> dns.message.Message | None:
     try:
-        address = dns.reversename.to_address(qname)
+        address = dns.reversename.to_address(qname)  # IPv6 in canonical text, as the index keeps it
     except (dns.exception.SyntaxError, ValueError):
         return None
     name = index.reverse(networks, address)

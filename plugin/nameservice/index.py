@@ -34,12 +34,12 @@ class NameIndex:
         names: dict[str, list[str]] = {}
         reverse: dict[str, str] = {}
         for endpoint in sorted(endpoints, key=lambda e: e.endpoint_id):
-            address = endpoint.ip
-            if not address or not endpoint.container_name:
+            if not endpoint.container_name:
                 continue
-            reverse[address] = endpoint.container_name
-            for name in {normalize(n) for n in (endpoint.container_name, *endpoint.aliases) if n}:
-                names.setdefault(name, []).append(address)
+            for address in (a for a in (endpoint.ip, endpoint.ip6) if a):  # IPv4 and IPv6 (canonical text)
+                reverse[address] = endpoint.container_name
+                for name in {normalize(n) for n in (endpoint.container_name, *endpoint.aliases) if n}:
+                    names.setdefault(name, []).append(address)
         with self._lock:
             self._names[network_id] = {n: tuple(a) for n, a in names.items()}
             self._reverse[network_id] = reverse
@@ -54,8 +54,8 @@ class NameIndex:
             self.generation += 1
 
     def lookup(self, network_ids: Iterable[str], qname: str) -> list[str]:
-        """Addresses of a name on these networks: a plain name (``box2``) or one qualified by its
-        network's name (``box2.ov``), as Docker's embedded DNS answers both."""
+        """Addresses (IPv4 and IPv6) of a name on these networks: a plain name (``box2``) or one qualified
+        by its network's name (``box2.ov``), as Docker's embedded DNS answers both."""
         name = normalize(qname)
         found: list[str] = []
         with self._lock:

@@ -51,6 +51,8 @@ class ExposureService:
         label = network.name or network.network_id[:12]
         if network.network_id not in self.store.bindings(self.host_id).values():
             raise BadRequest(f"network {label} is not on this host (host id {self.host_id})")
+        if network.pool6_id and not network.pool_id:
+            raise BadRequest(f"network {label} is IPv6-only: pyoverlay expose gives a host an IPv4 address")
         if not network.pool_id or not network.subnet:
             raise BadRequest(f"network {label} uses Docker's default IPAM: only pyoverlay's can expose")
         vtep = next((h.address for h in self.store.list_hosts() if h.host_id == self.host_id), None)

@@ -20,6 +20,8 @@ class IpamService:
     host_id: str
     default_pool: str
     default_pool_size: int
+    default_pool6: str = "fd70:796f:7600::/48"
+    default_pool6_size: int = 64
 
     def capabilities(self) -> dict[str, bool]:
         # No MAC: Docker would make up a random one, put it on the container and forbid the network driver
@@ -31,21 +33,23 @@ class IpamService:
         return {"LocalDefaultAddressSpace": ADDRESS_SPACE, "GlobalDefaultAddressSpace": ADDRESS_SPACE}
 
     def request_pool(self, req: RequestPoolRequest) -> dict[str, object]:
-        if req.v6:
-            raise BadRequest("pyoverlay IPAM supports IPv4 only; create the network without --ipv6")
         if req.address_space not in ("", ADDRESS_SPACE):
             raise BadRequest(f"unknown address space {req.address_space!r}; pyoverlay has {ADDRESS_SPACE!r}")
-        subnet = _subnet(req.pool, "Pool") if req.pool else None
-        ip_range = _subnet(req.sub_pool, "SubPool") if req.sub_pool else None
+        version = 6 if req.v6 else 4
+        subnet = _subnet(req.pool, "Pool", version) if req.pool else None
+        ip_range = _subnet(req.sub_pool, "SubPool", version) if req.sub_pool else None
         if ip_range and not subnet:
             raise BadRequest("--ip-range needs --subnet")
-        if ip_range and not ipaddress.IPv4Network(ip_range).subnet_of(ipaddress.IPv4Network(subnet)):
+        if ip_range and not ipaddress.ip_network(ip_range).subnet_of(ipaddress.ip_network(subnet)):  # type: ignore[arg-type]
             raise BadRequest(f"ip range {ip_range} is not inside subnet {subnet}")
         if subnet:
             self._refuse_second_network(subnet)
-        pool = self.store.request_pool(
-            self.host_id, subnet, ip_range, self.default_pool, self.default_pool_size
+        default, size = (
+            (self.default_pool6, self.default_pool6_size)
+            if req.v6
+            else (self.default_pool, self.default_pool_size)
         )
+        pool = self.store.request_pool(self.host_id, subnet, ip_range, default, size)
         return {"PoolID": pool.pool_id, "Pool": pool.subnet, "Data": {}}
 
     def _refuse_second_network(self, subnet: str) -> None:
@@ -56,7 +60,7 @@ class IpamService:
                 network = self.store.get_network(network_id)
             except NotFound:
                 continue
-            if network.pool_id == subnet:
+            if subnet in network.pool_ids:
                 name = network.name or docker_id[:12]  # the name is learned shortly after creation
                 raise ConflictError(
                     f"subnet {subnet} is already used by network {name} on this host; "
@@ -77,20 +81,20 @@ class IpamService:
             # second container asking for a taken --ip gets a conflict (a resent request does too)
             owner = REQUEST_OWNER_PREFIX + secrets.token_hex(8)  # until CreateEndpoint adopts it
         address = self.store.reserve_address(pool.pool_id, owner, self.host_id, req.address)
-        prefixlen = ipaddress.IPv4Network(pool.subnet).prefixlen
+        prefixlen = ipaddress.ip_network(pool.subnet).prefixlen
         return {"Address": f"{address}/{prefixlen}", "Data": {}}
 
     def release_address(self, req: ReleaseAddressRequest) -> None:
         self.store.release_address(req.pool_id, req.address)
 
 
-def _subnet(value: str, what: str) -> str:
+def _subnet(value: str, what: str, version: int) -> str:
     try:
         net = ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise BadRequest(f"{what} {value!r} is not a subnet in CIDR form") from None
-    if net.version != 4:
-        raise BadRequest(f"{what} {value!r}: pyoverlay IPAM supports IPv4 only")
+    if net.version != version:
+        raise BadRequest(f"{what} {value!r} is not an IPv{version} subnet")
     if str(net) != value:
         raise BadRequest(f"{what} {value!r} has host bits set; did you mean {net}?")
     return str(net)

@@ -14,7 +14,7 @@ from driver import Dataplane, DataplaneError
 from kvstore import HOST_KIND, Endpoint, Network, NotFound, Store
 
 from ..errors import BadRequest, UnknownObject
-from ..messages import MTU_OPTION, CreateEndpointRequest, CreateNetworkRequest, EndpointRequest
+from ..messages import MTU_OPTION, CreateEndpointRequest, CreateNetworkRequest, EndpointRequest, IPAMData
 from .ipam import ADDRESS_SPACE
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,8 @@ class NetworkService:
     # -- networks -----------------------------------------------------------------------------------
 
     def create_network(self, req: CreateNetworkRequest) -> None:
-        if req.ipv6_requested:
-            raise BadRequest("pyoverlay supports IPv4 only; create the network without --ipv6")
-        if len(req.ipv4) != 1:
-            raise BadRequest(f"pyoverlay networks have exactly one IPv4 subnet, got {len(req.ipv4)}")
-        data = req.ipv4[0]
-        owned = data.address_space == ADDRESS_SPACE
+        data, data6 = _subnets(req)
+        owned = all(d.address_space == ADDRESS_SPACE for d in (data, data6) if d)
         if not owned and not self.embedded:
             # Docker's default IPAM only keeps addresses unique per host: across hosts they would collide
             raise BadRequest(
@@ -63,15 +59,20 @@ class NetworkService:
                 f"unique across hosts; use: {fix_command()}"
             )
         if req.mtu and req.mtu > self.max_mtu():
-            self._check_mtu(req.mtu, data.pool if owned else None)
-        pool = self.store.get_pool(data.pool) if owned else None
+            self._check_mtu(req.mtu, (data or data6).pool if owned else None)  # type: ignore[union-attr]
+        pool = self.store.get_pool(data.pool) if owned and data else None
+        pool6 = self.store.get_pool(data6.pool) if owned and data6 else None
         wanted = Network(
             network_id=req.docker_network_id,  # the creating host's Docker id becomes the cluster id
             vni=0,
-            subnet=data.pool,
+            subnet=data.pool if data else None,
             pool_id=pool.pool_id if pool else None,
-            gateway=data.gateway.split("/")[0] if data.gateway else None,
+            gateway=data.gateway.split("/")[0] if data and data.gateway else None,
             ip_range=pool.ip_range if pool else None,
+            subnet6=data6.pool if data6 else None,
+            pool6_id=pool6.pool_id if pool6 else None,
+            gateway6=data6.gateway.split("/")[0] if data6 and data6.gateway else None,
+            ip_range6=pool6.ip_range if pool6 else None,
             mtu=req.mtu,
             options=req.generic,
             created_by=self.host_id,
@@ -97,7 +98,7 @@ class NetworkService:
         with a larger underlay, or this request resent): then it is capped here."""
         made = None
         if pool_id:
-            made = next((n for n in self.store.list_networks() if n.pool_id == pool_id), None)
+            made = next((n for n in self.store.list_networks() if pool_id in n.pool_ids), None)
         if made is None:
             raise BadRequest(
                 f"-o {MTU_OPTION}={mtu} is more than this host's underlay carries: containers can have "
@@ -160,15 +161,20 @@ class NetworkService:
 
     def create_endpoint(self, req: CreateEndpointRequest) -> dict[str, object]:
         network = self.network(req.docker_network_id)
-        if req.ipv6_address:
-            raise BadRequest("pyoverlay supports IPv4 only")
         name = network.name or req.docker_network_id[:12]
-        if network.pool_id and req.address is None:
-            raise BadRequest(f"endpoint {req.endpoint_id[:12]} on network {name} has no IPv4 address")
-        if req.address and network.subnet and req.address.network.with_prefixlen != network.subnet:
-            raise BadRequest(f"address {req.address} is not in network {name}'s subnet {network.subnet}")
+        for address, subnet, pool_id, family in (
+            (req.address, network.subnet, network.pool_id, "IPv4"),
+            (req.ipv6_address, network.subnet6, network.pool6_id, "IPv6"),
+        ):
+            if pool_id and address is None:
+                raise BadRequest(f"endpoint {req.endpoint_id[:12]} on network {name} has no {family} address")
+            if address and not subnet:
+                raise BadRequest(f"network {name} has no {family} subnet for address {address}")
+            if address and address.network.with_prefixlen != subnet:
+                raise BadRequest(f"address {address} is not in network {name}'s subnet {subnet}")
         # user-set (--mac-address) or derived: IPAM asks for no MAC, so Docker sends one only if set
-        mac = req.mac or (mac_for_address(req.address) if req.address else mac_for(req.endpoint_id))
+        derived_from = req.address or req.ipv6_address
+        mac = req.mac or (mac_for_address(derived_from) if derived_from else mac_for(req.endpoint_id))
         endpoint = Endpoint(
             endpoint_id=req.endpoint_id,
             network_id=network.network_id,
@@ -176,6 +182,7 @@ class NetworkService:
             vtep=self.vtep,
             mac=mac,
             address=str(req.address) if req.address else None,
+            address6=str(req.ipv6_address) if req.ipv6_address else None,
         )
         try:
             current = self.store.get_endpoint(req.endpoint_id)
@@ -187,7 +194,8 @@ class NetworkService:
             # the IPAM got no MAC: the address becomes the MAC's, as forget_host and Docker sync expect,
             # in the endpoint record's own transaction
             adopt = network.pool_id if network.pool_id and req.address else None
-            self.store.put_endpoint(endpoint, adopt_from_pool=adopt)
+            adopt6 = network.pool6_id if network.pool6_id and req.ipv6_address else None
+            self.store.put_endpoint(endpoint, adopt_from_pool=adopt, adopt6_from_pool=adopt6)
         mtu = self.mtu_for(network)
         try:
             if not self.dataplane.has_network(network.vni):
@@ -235,10 +243,12 @@ class NetworkService:
         container_side = self.dataplane.join_endpoint(
             network.vni, endpoint.endpoint_id, endpoint.mac, self.mtu_for(network)
         )
-        if endpoint.ip:
+        for ip in (endpoint.ip, endpoint.ip6):
+            if not ip:
+                continue
             # neighbours on this host that cached another MAC for the address update it at once
             try:
-                self.dataplane.announce(network.vni, endpoint.ip, endpoint.mac)
+                self.dataplane.announce(network.vni, ip, endpoint.mac)
             except DataplaneError as exc:
                 log.warning("endpoint %s: %s", endpoint.endpoint_id[:12], exc)
         # No Gateway: Docker then attaches docker_gwbridge for outbound NAT and -p publishing.
@@ -256,15 +266,44 @@ class NetworkService:
         }
 
 
-def _identity(endpoint: Endpoint) -> tuple[str, str, str, str | None]:
-    return (endpoint.network_id, endpoint.host_id, endpoint.mac, endpoint.address)
+def _subnets(req: CreateNetworkRequest) -> tuple[IPAMData | None, IPAMData | None]:
+    """The network's IPv4 and IPv6 subnet as Docker sent them (IPv6-only: no IPv4); BadRequest for
+    what pyoverlay cannot make."""
+    if req.ipv4_disabled and req.ipv4:
+        # Docker < 27 knows no --ipv4=false: it allocates IPv4 anyway and passes the option on
+        raise BadRequest(
+            "this Docker version gives every network IPv4 addresses: IPv6-only networks need Docker 28 or "
+            "later (docker network create --ipv4=false --ipv6 ...); leave out com.docker.network.enable_ipv4"
+        )
+    if not req.ipv4_disabled and len(req.ipv4) != 1:
+        raise BadRequest(f"pyoverlay networks have exactly one IPv4 subnet, got {len(req.ipv4)}")
+    if req.ipv6_requested and len(req.ipv6) != 1:
+        raise BadRequest(
+            f"pyoverlay IPv6 networks have exactly one IPv6 subnet, got {len(req.ipv6)}; "
+            "create the network with --ipv6 (and at most one IPv6 --subnet)"
+        )
+    if req.ipv6 and not req.ipv6_requested:
+        raise BadRequest("an IPv6 --subnet needs --ipv6")
+    return (req.ipv4[0] if req.ipv4 else None), (req.ipv6[0] if req.ipv6 else None)
 
 
-def mac_for_address(address: ipaddress.IPv4Interface | ipaddress.IPv4Address) -> str:
+def _identity(endpoint: Endpoint) -> tuple[str, str, str, str | None, str | None]:
+    return (endpoint.network_id, endpoint.host_id, endpoint.mac, endpoint.address, endpoint.address6)
+
+
+def mac_for_address(
+    address: ipaddress.IPv4Interface
+    | ipaddress.IPv4Address
+    | ipaddress.IPv6Interface
+    | ipaddress.IPv6Address,
+) -> str:
     """02:42 and the four bytes of the IPv4 address, as Docker's bridge and overlay drivers derive it: the
-    same IP gets the same MAC on every host and every reuse, so neighbours' ARP caches stay right."""
-    ip = address.ip if isinstance(address, ipaddress.IPv4Interface) else address
-    return ":".join(f"{b:02x}" for b in (0x02, 0x42, *ip.packed))
+    same IP gets the same MAC on every host and every reuse, so neighbours' ARP and NDP caches stay right.
+    For an IPv6 address (an endpoint on an IPv6-only network) the same rule takes its last four bytes:
+    unique within a network as long as its addresses differ there (they do, as pyoverlay hands them
+    out; two --ip6 differing only above the last 32 bits would share a MAC)."""
+    ip = address.ip if isinstance(address, ipaddress.IPv4Interface | ipaddress.IPv6Interface) else address
+    return ":".join(f"{b:02x}" for b in (0x02, 0x42, *ip.packed[-4:]))
 
 
 def mac_for(endpoint_id: str) -> str:

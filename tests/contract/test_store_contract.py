@@ -129,7 +129,7 @@ def test_addresses_round_robin_and_specific(store: Store) -> None:
     for bad, why in [("10.1.1.5", "outside"), ("10.1.0.0", "network"), ("10.1.0.255", "broadcast")]:
         with pytest.raises(Conflict, match=why):
             store.reserve_address(p.pool_id, "m6", "h1", bad)
-    with pytest.raises(InvalidRequest, match="10.1.0.300 is not an IPv4 address"):
+    with pytest.raises(InvalidRequest, match="10.1.0.300 is not an IP address"):
         store.reserve_address(p.pool_id, "m6", "h1", "10.1.0.300")
     with pytest.raises(NotFound):
         store.reserve_address("10.9.0.0/24", "m6", "h1")

@@ -189,8 +189,13 @@ BAD_REQUESTS = [
     ("IpamDriver.RequestPool", b'{"AddressSpace": "pyoverlay", "Pool": "10.1.0.7/24"}', "host bits"),
     (
         "IpamDriver.RequestPool",
-        b'{"AddressSpace": "pyoverlay", "Pool": "fd00::/64", "V6": true}',
-        "IPv4 only",
+        b'{"AddressSpace": "pyoverlay", "Pool": "fd00::/127", "V6": true}',
+        "fd00::/127 is too small: pyoverlay needs at least a /126",
+    ),
+    (
+        "IpamDriver.RequestPool",
+        b'{"AddressSpace": "pyoverlay", "Pool": "fd00::/64"}',
+        "Pool 'fd00::/64' is not an IPv4 subnet",
     ),
     ("IpamDriver.RequestPool", b'{"AddressSpace": "other"}', "unknown address space"),
     ("IpamDriver.RequestAddress", b'{"PoolID": "10.123.0.0/24"}', "10.123.0.0/24"),

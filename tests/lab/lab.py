@@ -192,6 +192,9 @@ class Lab:
             # ip_forward is inherited from the root ns (already 1 there): reset it so dockerd enables it
             # itself and, as on a fresh host, sets the FORWARD policy to DROP.
             _sysctl(h.netns, {"net/ipv4/ip_forward": "0"})
+            # IPv6 on, as on a fresh host (a new netns takes the kernel's defaults, or the root ns's with
+            # devconf_inherit_init_net): pyoverlay's dual-stack networks need it on bridges and veths
+            _sysctl(h.netns, {f"net/ipv6/conf/{c}/disable_ipv6": "0" for c in ("all", "default")})
         _ip_batch(ul, [*ul_batch, f"link set br0 mtu {mtu}"])
         # The underlay is a plain wire: no iptables on bridged frames (br_netfilter is on per netns).
         _sysctl(ul, {f"net/bridge/bridge-nf-call-{t}": "0" for t in ("iptables", "ip6tables", "arptables")})

@@ -136,6 +136,11 @@ def build_push_install(cluster: Cluster, registry: LocalRegistry, plugin_dir: Pa
 
     def install(h: LabHost) -> float:
         t = time.monotonic()
+        # the host setup docs/install.md asks for: the state directory a shared mount point of its own, so
+        # the plugin's mounts of networks' namespaces there reach the host and outlive the plugin
+        state = str(h.workdir / "state")
+        h.run(["mount", "--bind", state, state])
+        h.run(["mount", "--make-shared", state])
         settings = {
             "ETCD_ENDPOINTS": lab.etcd_endpoint or "",
             "ADVERTISE_ADDR": h.address,

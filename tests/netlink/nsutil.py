@@ -156,3 +156,43 @@ def ping(netns: str, destination: str, timeout: float = 5.0, size: int = 36) -> 
                 if kind == 0 and reply_id == ident and source == destination:
                     return True
     return False
+
+
+def add_address6(netns: str, ifname: str, address: str, prefixlen: int = 64) -> None:
+    """An IPv6 address usable at once: no duplicate address detection (as Docker sets container ones)."""
+    with IPRoute(netns=netns, flags=0) as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        ipr.addr("add", index=index, address=address, prefixlen=prefixlen, flags=_IFA_F_NODAD)
+
+
+_IFA_F_NODAD = 0x02  # <linux/if_addr.h>
+
+
+def ping6(netns: str, destination: str, timeout: float = 5.0) -> bool:
+    """True as soon as one ICMPv6 echo to destination is answered in time (the kernel computes the
+    checksum of a raw ICMPv6 socket, and delivers no IPv6 header)."""
+    ident = os.getpid() & 0xFFFF
+    sock = create_socket(netns, socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6, flags=0)
+    deadline = time.monotonic() + timeout
+    with sock:
+        sequence = 0
+        while time.monotonic() < deadline:
+            sequence = (sequence + 1) & 0xFFFF
+            try:
+                sock.sendto(
+                    struct.pack("!BBHHH", 128, 0, 0, ident, sequence) + b"pyoverlay6", (destination, 0)
+                )
+            except OSError:
+                time.sleep(0.2)
+                continue
+            wait_until = min(deadline, time.monotonic() + 0.3)
+            while (remaining := wait_until - time.monotonic()) > 0:
+                sock.settimeout(remaining)
+                try:
+                    data, address = sock.recvfrom(2048)
+                except TimeoutError:
+                    break
+                kind, _, _, reply_id, _ = struct.unpack("!BBHHH", data[:8])
+                if kind == 129 and reply_id == ident and address[0] == destination:
+                    return True
+    return False

@@ -103,10 +103,12 @@ def test_announce_needs_the_network_and_a_well_formed_address(plane) -> None:
         plane.announce(TEST_VNI, "10.1.0.3", "02:42:0a:01:00:03")
     plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
     plane.announce(TEST_VNI, "10.1.0.3", "02:42:0a:01:00:03")
+    plane.announce(TEST_VNI, "fd00::3", "02:42:00:00:00:03")  # a neighbour advertisement
     for ip, mac in [
         ("10.1.0.300", "02:42:0a:01:00:03"),
         ("10.1.0.3", "02:42:0a"),
-        ("fd00::3", "02:42:0a:01:00:03"),
+        ("fd00::3", "02:42:0a"),
+        ("fd00::g", "02:42:0a:01:00:03"),
     ]:
         with pytest.raises(DataplaneError):
             plane.announce(TEST_VNI, ip, mac)

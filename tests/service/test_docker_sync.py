@@ -36,8 +36,9 @@ class FakeNetworks:
         driver = (filters or {}).get("driver")
         return [n for n in self.daemon.items if driver is None or n.attrs["Driver"] == driver]
 
-    def create(self, name: str, driver: str, options=None, ipam=None) -> FakeNetwork:
-        self.daemon.created.append({"name": name, "driver": driver, "options": options, "ipam": dict(ipam)})
+    def create(self, name: str, driver: str, options=None, ipam=None, enable_ipv6=False) -> FakeNetwork:
+        made = {"name": name, "driver": driver, "options": options, "ipam": dict(ipam)}
+        self.daemon.created.append({**made, "enable_ipv6": True} if enable_ipv6 else made)
         network = FakeNetwork(self.daemon, new_id(), name, driver)
         self.daemon.items.append(network)
         if self.daemon.on_create is not None:

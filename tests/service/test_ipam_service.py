@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from kvstore import REQUEST_OWNER_PREFIX, Conflict, NotFound
+from kvstore import REQUEST_OWNER_PREFIX, Conflict, InvalidRequest, NotFound
 from plugin.errors import BadRequest, ConflictError
 from plugin.messages import ReleaseAddressRequest, RequestAddressRequest, RequestPoolRequest
 
@@ -105,7 +105,13 @@ def test_released_by_every_holder_the_pool_goes_with_its_addresses(host_a: Host,
 
 
 BAD_POOLS = {
-    "ipv6": (dict(subnet="fd00::/64", v6=True), "IPv4 only"),
+    "ipv6 subnet as ipv4": (dict(subnet="fd00::/64"), "Pool 'fd00::/64' is not an IPv4 subnet"),
+    "ipv4 subnet as ipv6": (dict(subnet="10.1.0.0/24", v6=True), "Pool '10.1.0.0/24' is not an IPv6 subnet"),
+    "ipv6 not a subnet": (dict(subnet="fd00::g/64", v6=True), "not a subnet in CIDR form"),
+    "ipv6 range outside": (
+        dict(subnet="fd00::/64", ip_range="fd01::/80", v6=True),
+        "not inside subnet fd00::/64",
+    ),
     "address space": (dict(space="other"), "unknown address space 'other'"),
     "host bits": (dict(subnet="10.1.0.7/24"), "host bits set; did you mean 10.1.0.0/24"),
     "not a subnet": (dict(subnet="10.1.0.0/40"), "not a subnet in CIDR form"),
@@ -119,6 +125,33 @@ def test_bad_pool_request_is_refused_and_claims_nothing(host_a: Host, kwargs, me
     with pytest.raises(BadRequest, match=message.replace("(", r"\(")):
         pool(host_a, **kwargs)
     assert host_a.store.list_pools() == []
+
+
+def test_ipv6_pool_too_small_is_refused_by_the_store_and_claims_nothing(host_a: Host):
+    # the store's InvalidRequest: the HTTP layer answers it as a bad request, as for IPv4's /31
+    with pytest.raises(InvalidRequest, match="fd00::/127 is too small: pyoverlay needs at least a /126"):
+        pool(host_a, subnet="fd00::/127", v6=True)
+    assert host_a.store.list_pools() == []
+
+
+def test_ipv6_pools_default_and_given_and_their_addresses(host_a: Host, host_b: Host):
+    given = pool(host_a, "fd00:5::/64", v6=True)
+    assert given == {"PoolID": "fd00:5::/64", "Pool": "fd00:5::/64", "Data": {}}
+    assert pool(host_b, "fd00:5::/64", v6=True)["PoolID"] == given["PoolID"]  # same pool on every host
+    first, second = pool(host_a, v6=True), pool(host_b, v6=True)
+    assert first["Pool"] == "fd70:796f:7600::/64" and second["Pool"] == "fd70:796f:7600:1::/64"
+    gateway = host_a.ipam.request_address(
+        RequestAddressRequest.parse(
+            {"PoolID": given["PoolID"], "Options": {"RequestAddressType": "com.docker.network.gateway"}}
+        )
+    )
+    assert gateway["Address"] == "fd00:5::1/64"
+    assert address(host_b, given["PoolID"]) == "fd00:5::2/64"
+    assert address(host_a, given["PoolID"], wanted="fd00:5::99") == "fd00:5::99/64"
+    host_a.ipam.release_address(
+        ReleaseAddressRequest.parse({"PoolID": given["PoolID"], "Address": "fd00:5::99"})
+    )
+    assert set(host_a.store.list_addresses(given["PoolID"])) == {"fd00:5::1", "fd00:5::2"}
 
 
 def test_without_a_mac_each_request_owns_its_address(host_a: Host, host_b: Host):

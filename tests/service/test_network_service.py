@@ -66,9 +66,16 @@ def test_mtu_option_lowers_the_device_mtu(host_a: Host):
 
 
 BAD_NETWORKS = {
-    "ipv6": (
+    "two ipv6 subnets": (
+        {
+            **network_body("n1", "10.40.0.0/24", "10.40.0.1/24"),
+            "IPv6Data": [{"AddressSpace": "pyoverlay", "Pool": p} for p in ("fd00::/64", "fd01::/64")],
+        },
+        "exactly one IPv6 subnet, got 2",
+    ),
+    "ipv6 on default ipam": (
         {**network_body("n1", "10.40.0.0/24", "10.40.0.1/24"), "IPv6Data": [{"Pool": "fd00::/64"}]},
-        "IPv4 only",
+        fix_command(),
     ),
     "two subnets": (
         {

@@ -74,9 +74,9 @@ def test_options_docker_itself_reads_are_accepted_and_kept_for_other_hosts(host_
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"com.docker.network.enable_ipv6": "true"}, "pyoverlay supports IPv4 only"),
+        ({"com.docker.network.enable_ipv6": "true"}, "got 0; create the network with --ipv6"),
         ({"com.docker.network.enable_ipv6": "yes"}, "-o com.docker.network.enable_ipv6=yes: the value must"),
-        ({"com.docker.network.enable_ipv4": "0"}, "remove -o com.docker.network.enable_ipv4=0"),
+        ({"com.docker.network.enable_ipv4": "0"}, "IPv6-only networks need Docker 28 or later"),
     ],
 )
 def test_docker_options_pyoverlay_cannot_honour_are_refused(host_a: Host, options, message):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
@@ -27,11 +27,13 @@ from kvstore.alloc import (
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("10.1.0.0", "is not an IPv4 CIDR"),
-        ("10.1.0.300/24", "is not an IPv4 CIDR"),
-        ("fd00::/64", "is not an IPv4 CIDR"),
-        ("10.1.0.0/33", "is not an IPv4 CIDR"),
+        ("10.1.0.0", "is not a CIDR"),
+        ("10.1.0.300/24", "is not a CIDR"),
+        ("fd00::/129", "is not a CIDR"),
+        ("fd00::g/64", "is not a CIDR"),
+        ("10.1.0.0/33", "is not a CIDR"),
         ("10.1.0.1/24", r"has host bits set \(the network is 10.1.0.0/24\)"),
+        ("fd00::1/64", r"has host bits set \(the network is fd00::/64\)"),
     ],
 )
 def test_parse_subnet_rejects(text: str, message: str) -> None:
@@ -42,9 +44,10 @@ def test_parse_subnet_rejects(text: str, message: str) -> None:
 def test_parse_subnet_and_address() -> None:
     assert parse_subnet("10.1.0.0/24") == IPv4Network("10.1.0.0/24")
     assert parse_address("10.1.0.5") == IPv4Address("10.1.0.5")
-    with pytest.raises(InvalidRequest, match=r"^address 10.1.0.300 is not an IPv4 address$"):
+    assert parse_address("fd00:0::05") == IPv6Address("fd00::5")
+    with pytest.raises(InvalidRequest, match=r"^address 10.1.0.300 is not an IP address$"):
         parse_address("10.1.0.300")
-    for bad in ("10.1.0.5/24", "", "fd00::1"):
+    for bad in ("10.1.0.5/24", "", "fd00::1/64", "fd00::g"):
         with pytest.raises(InvalidRequest):
             parse_address(bad)
 
@@ -146,8 +149,47 @@ def test_check_requested_address() -> None:
     ]:
         with pytest.raises(Conflict, match=message):
             check_requested_address("10.1.0.0/24", address)
-    with pytest.raises(InvalidRequest, match="not an IPv4 address"):
+    with pytest.raises(InvalidRequest, match="not an IP address"):
         check_requested_address("10.1.0.0/24", "10.1.0.300")
+    with pytest.raises(Conflict, match="is outside subnet 10.1.0.0/24"):
+        check_requested_address("10.1.0.0/24", "fd00::7")
+
+
+def test_ipv6_pools_and_addresses() -> None:
+    assert pool_shape("fd00:1::/64", "fd00:1::100/120") == (
+        IPv6Network("fd00:1::/64"),
+        IPv6Network("fd00:1::100/120"),
+    )
+    with pytest.raises(InvalidRequest, match="too small: pyoverlay needs at least a /126"):
+        pool_shape("fd00:1::/127", None)
+    with pytest.raises(InvalidRequest, match="is not inside subnet"):
+        pool_shape("fd00:1::/64", "10.1.0.0/24")
+    # IPv6 has no broadcast: the last address is a container's; the network address (anycast) is not
+    assert [str(a) for a in free_addresses("fd00::/126", None, set(), None, 10)] == [
+        "fd00::1",
+        "fd00::2",
+        "fd00::3",
+    ]
+    assert next_free_address("fd00::/64", None, ["fd00::1", "fd00::2"], "fd00::1") == "fd00::3"
+    assert next_free_address("fd00::/64", None, [], "10.0.0.9") == "fd00::1"  # a cursor of another family
+    assert address_ints(["fd00::1", "10.0.0.1"]) == {
+        int(IPv6Address("fd00::1")),
+        int(IPv4Address("10.0.0.1")),
+    }
+    with pytest.raises(Conflict, match="is the network address of fd00::/64"):
+        check_requested_address("fd00::/64", "fd00::")
+    assert check_requested_address("fd00::/126", "fd00::3") == IPv6Address("fd00::3")
+
+
+def test_carve_ipv6_ignores_the_other_family() -> None:
+    assert carve_subnet("fd70::/48", 64, ["10.0.0.0/8"]) == IPv6Network("fd70::/64")
+    assert carve_subnet("fd70::/48", 64, ["fd70::/64", "fd70:0:0:1::/80"]) == IPv6Network("fd70:0:0:2::/64")
+    assert carve_subnet("10.0.0.0/16", 24, ["fd70::/48"]) == IPv4Network("10.0.0.0/24")
+    # overlap is checked within a family only
+    assert find_overlap(IPv6Network("fd70::/64"), ["10.0.0.0/8", "fd70::/48"]) == "fd70::/48"
+    assert find_overlap(IPv4Network("10.0.0.0/24"), ["fd70::/48"]) is None
+    with pytest.raises(Conflict, match="overlaps pool fd70::/48"):
+        plan_pool("fd70:0:0:5::/64", None, "fd70::/48", 64, {"fd70::/48": None})
 
 
 def test_pick_vni() -> None:

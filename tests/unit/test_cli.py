@@ -41,7 +41,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def flags_in_help(capsys: pytest.CaptureFixture[str], command: str) -> set[str]:
     code, out, _ = run(capsys, command, "--help")
     assert code == 0
-    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", out)) - {"--help"}
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", out)) - {"--help"}
 
 
 # -- help and version ---------------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from plugin import messages as m
@@ -79,10 +81,51 @@ def test_create_endpoint_parses_and_validates():
         m.CreateEndpointRequest.parse(
             {"NetworkID": "n", "EndpointID": EID, "Interface": {"MacAddress": "zz"}}
         )
-    with pytest.raises(BadRequest, match="IPv4 only"):
+    with pytest.raises(BadRequest, match="is not an IPv4 address"):
         m.CreateEndpointRequest.parse(
             {"NetworkID": "n", "EndpointID": EID, "Interface": {"Address": "fd00::1/64"}}
         )
+    with pytest.raises(BadRequest, match="is not an IPv6 address"):
+        m.CreateEndpointRequest.parse(
+            {"NetworkID": "n", "EndpointID": EID, "Interface": {"AddressIPv6": "10.1.0.5/24"}}
+        )
+    dual = m.CreateEndpointRequest.parse(
+        {
+            "NetworkID": "n",
+            "EndpointID": EID,
+            "Interface": {"Address": "10.1.0.5/24", "AddressIPv6": "fd00::5/64"},
+        }
+    )
+    assert str(dual.ipv6_address) == "fd00::5/64" and str(dual.address) == "10.1.0.5/24"
+
+
+def test_create_network_reads_ipv6_data_and_ipv4_off():
+    body = {
+        "NetworkID": "n",
+        "IPv4Data": [{"AddressSpace": "pyoverlay", "Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}],
+        "IPv6Data": [{"AddressSpace": "pyoverlay", "Pool": "fd00:1::/64", "Gateway": "fd00:1::1/64"}],
+        "Options": {"com.docker.network.enable_ipv6": True},
+    }
+    req = m.CreateNetworkRequest.parse(body)
+    assert req.ipv6_requested and not req.ipv4_disabled
+    assert req.ipv6 == (m.IPAMData("pyoverlay", "fd00:1::/64", "fd00:1::1/64"),)
+    # Docker 28 --ipv4=false: an option of its own, no IPv4Data
+    only6 = m.CreateNetworkRequest.parse(
+        {**body, "IPv4Data": [], "Options": {"com.docker.network.enable_ipv4": False}}
+    )
+    assert only6.ipv4_disabled and only6.ipv4 == []
+    generic = {"com.docker.network.generic": {"com.docker.network.enable_ipv4": "false"}}
+    assert m.CreateNetworkRequest.parse({**body, "Options": generic}).ipv4_disabled
+    for bad, message in [
+        ({"Pool": "10.1.0.0/24"}, "IPv6Data.Pool '10.1.0.0/24' is not an IPv6 subnet"),
+        ({"Pool": "fd00::/129"}, "is not an IPv6 subnet"),
+        (
+            {"Pool": "fd00::/64", "Gateway": "10.1.0.1/24"},
+            "IPv6Data.Gateway '10.1.0.1/24' is not an IPv6 address",
+        ),
+    ]:
+        with pytest.raises(BadRequest, match=re.escape(message)):
+            m.CreateNetworkRequest.parse({**body, "IPv6Data": [bad]})
 
 
 def test_request_address_gateway_and_mac():
@@ -98,8 +141,9 @@ def test_request_address_gateway_and_mac():
         }
     )
     assert req.address == "10.1.0.9" and req.mac == "02:00:00:00:00:01" and not req.is_gateway
-    with pytest.raises(BadRequest, match="not an IPv4 address"):
+    with pytest.raises(BadRequest, match="not an IP address"):
         m.RequestAddressRequest.parse({"PoolID": "p", "Address": "10.1.0.300"})
+    assert m.RequestAddressRequest.parse({"PoolID": "fd00::/64", "Address": "fd00::9"}).address == "fd00::9"
     with pytest.raises(BadRequest, match="missing field 'PoolID'"):
         m.RequestAddressRequest.parse({})
 

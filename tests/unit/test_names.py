@@ -1,5 +1,7 @@
 """The name service's pure parts: the name index, Docker's container list, and the answers."""
 
+from dataclasses import replace
+
 import dns.flags
 import dns.message
 import dns.rcode
@@ -68,6 +70,33 @@ def test_answers_a_records_of_all_holders():
 def test_other_types_of_our_names_are_nodata_not_nxdomain():
     response = ask("box2", "AAAA")
     assert response.rcode() == dns.rcode.NOERROR and response.answer == []
+    response = ask("box2", "MX")
+    assert response.rcode() == dns.rcode.NOERROR and response.answer == []
+
+
+def dual_index() -> NameIndex:
+    names = NameIndex()
+    dual = Endpoint("e1", "n1", "h1", "10.99.0.1", "02:42:0a:00:00:02", "10.0.0.2/24", "dual", ("web",))
+    only6 = Endpoint("e2", "n1", "h2", "10.99.0.2", "02:42:00:00:00:03", None, "six", ("web",))
+    names.update("n1", "ov", [replace(dual, address6="fd00::2/64"), replace(only6, address6="fd00::3/64")])
+    return names
+
+
+def test_aaaa_answers_ipv6_addresses_and_a_only_ipv4_ones():
+    names = dual_index()
+
+    def query(name: str, rdtype: str):
+        return answer(dns.message.make_query(name, rdtype), frozenset({"n1"}), names)
+
+    assert [r.address for r in query("dual", "AAAA").answer[0]] == ["fd00::2"]
+    assert [r.address for r in query("dual", "A").answer[0]] == ["10.0.0.2"]
+    assert sorted(r.address for r in query("web", "AAAA").answer[0]) == ["fd00::2", "fd00::3"]
+    six = query("six", "A")  # an IPv6-only container: the name is ours, with no A record
+    assert six.rcode() == dns.rcode.NOERROR and six.answer == []
+    both = query("dual.ov", "ANY")
+    assert {r.rdtype for r in both.answer} == {dns.rdatatype.A, dns.rdatatype.AAAA}
+    pointer = query(dns.reversename.from_address("fd00::3").to_text(), "PTR")
+    assert [r.target.to_text() for r in pointer.answer[0]] == ["six."]
 
 
 def test_names_not_ours_and_unknown_askers_are_left_to_the_upstream():

@@ -95,3 +95,24 @@ def test_names_are_deterministic_and_fit_the_kernel_limit() -> None:
     assert vni_from_name("docker0") is None
     assert endpoint_prefix_from_name("poh0123456789ab") == "0123456789ab"
     assert endpoint_prefix_from_name("poc0123456789ab") is None
+
+
+def test_ipv6_addresses_get_neighbour_entries_next_to_ipv4_ones() -> None:
+    peers = [
+        Peer("02:42:0a:01:00:03", "10.1.0.3", "192.0.2.2", ip6="FD00:1:0::3"),
+        Peer("02:42:00:00:00:04", None, "192.0.2.3", ip6="fd00:1::4"),  # an IPv6-only endpoint
+    ]
+    state = desired_state(peers, ["192.0.2.2", "192.0.2.3"])
+    assert state.neigh == {
+        ("10.1.0.3", "02:42:0a:01:00:03"),
+        ("fd00:1::3", "02:42:0a:01:00:03"),  # canonical text, as the kernel reports it
+        ("fd00:1::4", "02:42:00:00:00:04"),
+    }
+    # one MAC per IPv6 address too: the lowest (vtep, mac) wins in any order
+    clash = [Peer("02:00:00:00:00:09", None, "192.0.2.9", ip6="fd00:1::4"), *peers]
+    assert desired_state(clash, []).neigh == state.neigh
+    assert desired_state(list(reversed(clash)), []).neigh == state.neigh
+    moved = desired_state([Peer("02:42:00:00:00:04", None, "192.0.2.3", ip6="fd00:1::5")], [])
+    changes = diff(moved, state)
+    assert ("fd00:1::5", "02:42:00:00:00:04") in changes.add_neigh
+    assert ("fd00:1::4", "02:42:00:00:00:04") in changes.del_neigh
