@@ -64,7 +64,15 @@ def ensure_netns(path: str) -> bool:
     created = False
     if identity(path) is None:
         if os.path.lexists(path):
-            os.unlink(path)  # what a reboot left of a namespace: pyroute2 would refuse the name
+            # what a reboot, or a managed plugin's restart without the state directory shared with the
+            # host, left of a namespace: pyroute2 would refuse the name
+            log.warning(
+                "%s: the network's namespace is gone (host rebooted, or a managed plugin restarted without "
+                "/var/lib/pyoverlay as a shared mount point of its own: docs/install.md); made anew, "
+                "containers started before it need a restart",
+                path,
+            )
+            os.unlink(path)
         try:
             pyroute2_netns.create(path)
             created = True
