@@ -35,11 +35,14 @@ from .names import (
     bridge_name,
     check_vni,
     endpoint_prefix_from_name,
+    is_retired_veth,
+    retired_veth_name,
     veth_names,
     vni_from_name,
     vxlan_name,
 )
 from .peers import FLOOD_MAC, PeerChanges, PeerState, normalize_mac
+from .reaper import Reaper
 
 __all__ = ["Dataplane", "DataplaneError"]
 
@@ -75,6 +78,7 @@ class Dataplane:
         self._sockets_lock = threading.Lock()
         # network-level changes (devices shared by all endpoints, firewall rules) go one at a time
         self._network_lock = threading.Lock()
+        self._reaper = Reaper(lambda ifname: delete_link(self._ipr, ifname))
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -99,7 +103,9 @@ class Dataplane:
         return ipr
 
     def close(self) -> None:
-        """Close the netlink sockets of all threads; call once at shutdown (or at the end of a test)."""
+        """Finish the deletions delete_endpoint deferred, then close the netlink sockets of all threads;
+        call once at shutdown (or at the end of a test)."""
+        self._reaper.close()
         with self._sockets_lock:
             sockets, self._sockets = self._sockets, []
         for pid, ipr in sockets:
@@ -211,10 +217,37 @@ class Dataplane:
                     self._ipr.fdb("del", ifindex=entry["ifindex"], lladdr=mac, flags=NTF_MASTER)
 
     def delete_endpoint(self, endpoint_id: str) -> None:
-        """Remove an endpoint's veth pair (deleting one side removes the other, wherever it is)."""
+        """Remove an endpoint's veth pair. At once, the host side leaves the bridge, goes down and gives
+        up the endpoint's name (the bridge forgets its MACs with the port, so a new endpoint with the
+        same address and MAC never meets it); the kernel's slow deletion of the pair (~20 ms, deleting
+        one side removes the other, wherever it is) follows on the reaper's thread."""
         host, container = veth_names(endpoint_id)
-        if not delete_link(self._ipr, host):
+        link = find_link(self._ipr, host)
+        if link is None:
             delete_link(self._ipr, container)  # a stray half: with the host side went its peer
+            return
+        retired = retired_veth_name(link["index"])
+        try:
+            with kernel_op(host, "detach and set down", tolerate=(errno.ENODEV,)):
+                self._ipr.link("set", index=link["index"], master=0, state="down")
+            with kernel_op(host, f"rename to {retired}", tolerate=(errno.ENODEV,)):
+                self._ipr.link("set", index=link["index"], ifname=retired)  # a name change needs it down
+        except DataplaneError:
+            delete_link(self._ipr, host)  # could not retire it: delete it here, as before
+            return
+        self._reaper.put(retired)
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until the deletions delete_endpoint deferred so far are done; False on timeout."""
+        return self._reaper.settle(timeout)
+
+    def delete_retired_veths(self) -> list[str]:
+        """Delete every retired veth in the namespace now (the agent stopped before its reaper got to
+        them); returns their names."""
+        retired = [name for name in self._link_names() if is_retired_veth(name)]
+        for name in retired:
+            delete_link(self._ipr, name)
+        return retired
 
     def announce(self, vni: int, ip: str, mac: str) -> None:
         """Broadcast a gratuitous ARP (ip is at mac) on the network's bridge, now and a few times more

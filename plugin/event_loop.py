@@ -130,6 +130,7 @@ class EventLoop:
         self._broken = {NETWORKS, BINDINGS}
         self.repair()
         self.collect_devices()
+        self.collect_retired_veths()
 
     def repair(self) -> None:
         """List the broken scopes again (listing the bindings may add endpoint scopes) and restart their
@@ -157,6 +158,7 @@ class EventLoop:
             for network_id in list(self.endpoints):
                 self.sync(network_id, ensure=True)
             self.collect_devices()
+            self.collect_retired_veths()
         elif kind == "watch":
             generation, batch = payload
             current = self._watches.get(scope)
@@ -328,6 +330,17 @@ class EventLoop:
                 self.dataplane.delete_network(vni)
             except DataplaneError as exc:
                 log.warning("VNI %d: %s", vni, exc)
+
+    def collect_retired_veths(self) -> None:
+        """Delete the veth pairs DeleteEndpoint retired whose deferred deletion never ran (the agent
+        stopped first); their names alone say they are garbage."""
+        try:
+            retired = self.dataplane.delete_retired_veths()
+        except DataplaneError as exc:
+            log.warning("cannot collect retired veths: %s", exc)
+            return
+        if retired:
+            log.info("deleted %d retired veths left by an earlier run: %s", len(retired), " ".join(retired))
 
     def sync(self, network_id: str, ensure: bool = False) -> None:
         """Program the network's remote peers and this host's own address on it (pyoverlay expose); a

@@ -86,6 +86,14 @@ class MemoryDataplane:
             self.calls.append(("delete_endpoint", endpoint_id))
             self.endpoints.pop(endpoint_id, None)
 
+    def settle(self, timeout: float | None = None) -> bool:
+        return True  # deletions here are immediate: nothing is ever deferred
+
+    def delete_retired_veths(self) -> list[str]:
+        with self._lock:
+            self.calls.append(("delete_retired_veths", None))
+        return []
+
     def announce(self, vni: int, ip: str, mac: str) -> None:
         with self._lock:
             self.calls.append(("announce", ip))

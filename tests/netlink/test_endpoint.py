@@ -80,6 +80,7 @@ def test_ensure_endpoint_succeeds_after_container_side_moved(
     assert CONTAINER not in pyoverlay_links(ns)  # no new pair behind Docker's back
     assert CONTAINER in pyoverlay_links(container)
     network.delete_endpoint(EP)  # removes the container side too, wherever it is
+    assert network.settle(10)
     assert pyoverlay_links(container) == set()
 
 
@@ -147,6 +148,8 @@ def test_delete_endpoint_is_idempotent(network: Dataplane, ns: str) -> None:
     network.delete_endpoint(EP)
     network.delete_endpoint(EP)
 
+    assert HOST not in pyoverlay_links(ns)  # at once; the pair itself goes on the reaper's thread
+    assert network.settle(10)
     assert pyoverlay_links(ns) == {BR, VX}
     assert network.endpoint_ids_prefixes() == set()
 
