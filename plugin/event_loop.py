@@ -43,6 +43,12 @@ def _announces(host_id: str, before: Endpoint | None, after: Endpoint) -> bool:
     return before is None or (before.ip, before.mac) != (after.ip, after.mac)
 
 
+def _programs_kernel(host_id: str, *records: Endpoint | None) -> bool:
+    """Whether an endpoint event (its record before and after) changes what sync programs: another
+    host's endpoints (FDB and neighbour entries) or this host's exposure (the bridge's address)."""
+    return any(e is not None and (e.host_id != host_id or e.kind == HOST_KIND) for e in records)
+
+
 def own_host_address(host_id: str, endpoints: dict[str, Endpoint]) -> tuple[str, str] | None:
     """(address, MAC) of this host's exposure on the network (pyoverlay expose), or None."""
     exposed = [e for e in endpoints.values() if e.host_id == host_id and e.kind == HOST_KIND and e.address]
@@ -246,6 +252,7 @@ class EventLoop:
 
     def _apply(self, scope: str, events: list[Event]) -> None:
         announce: dict[str, Endpoint] = {}  # remote endpoints that appeared or changed IP or MAC
+        programmed = False  # whether an event touches what sync programs (remote peers, an exposure)
         with self._view_lock:
             for event in events:
                 if scope == NETWORKS:
@@ -262,10 +269,13 @@ class EventLoop:
                     endpoints = self.endpoints.get(scope[len(ENDPOINTS) :])
                     if endpoints is None:
                         continue
-                    if isinstance(event.record, Endpoint):
-                        if _announces(self.host_id, endpoints.get(event.key_id), event.record):
-                            announce[event.key_id] = event.record
-                        endpoints[event.key_id] = event.record
+                    before = endpoints.get(event.key_id)
+                    after = event.record if isinstance(event.record, Endpoint) else None
+                    programmed = programmed or _programs_kernel(self.host_id, before, after)
+                    if after is not None:
+                        if _announces(self.host_id, before, after):
+                            announce[event.key_id] = after
+                        endpoints[event.key_id] = after
                     else:
                         endpoints.pop(event.key_id, None)
         if scope == NETWORKS:
@@ -279,7 +289,8 @@ class EventLoop:
             self._follow_bindings()
         else:
             self._index_names(scope[len(ENDPOINTS) :])
-            self.sync(scope[len(ENDPOINTS) :])  # at once: convergence time is what users feel
+            if programmed:  # this host's own containers' endpoints are veths: nothing for sync to do
+                self.sync(scope[len(ENDPOINTS) :])  # at once: convergence time is what users feel
             self._announce(scope[len(ENDPOINTS) :], announce.values())
 
     def _index_names(self, network_id: str) -> None:
