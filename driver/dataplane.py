@@ -19,6 +19,7 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PER
 from . import announce, firewall
 from .errors import DataplaneError
 from .links import (
+    create_veth,
     delete_link,
     describe,
     ensure_bridge,
@@ -183,8 +184,13 @@ class Dataplane:
         """A veth pair for a local endpoint on the network's bridge; returns the container-side name."""
         host, container = veth_names(endpoint_id)
         bridge = require_link(self._ipr, bridge_name(vni), f"attach endpoint {host} (ensure the network)")
-        ensure_veth(self._ipr, host, container, mac, mtu, bridge)
-        self._forget_learned(bridge, mac, require_link(self._ipr, host, "look up port")["index"])
+        # a new endpoint's pair in three requests; any other case (Docker resending, devices left
+        # behind, a half-made pair) takes the full ensure
+        host_link = create_veth(self._ipr, host, container, mac, mtu, bridge)
+        if host_link is None or not veth_in_place(host_link, None, bridge, mac, mtu):
+            ensure_veth(self._ipr, host, container, mac, mtu, bridge)
+            host_link = require_link(self._ipr, host, "look up port")
+        self._forget_learned(bridge, mac, host_link["index"])
         return container
 
     def join_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
