@@ -80,6 +80,7 @@ class Dataplane:
         # network-level changes (devices shared by all endpoints, firewall rules) go one at a time
         self._network_lock = threading.Lock()
         self._reaper = Reaper(lambda ifname: delete_link(self._ipr, ifname))
+        self._frames = announce.FrameSender(netns)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -107,6 +108,7 @@ class Dataplane:
         """Finish the deletions delete_endpoint deferred, then close the netlink sockets of all threads;
         call once at shutdown (or at the end of a test)."""
         self._reaper.close()
+        self._frames.close()
         with self._sockets_lock:
             sockets, self._sockets = self._sockets, []
         for pid, ipr in sockets:
@@ -261,8 +263,8 @@ class Dataplane:
         ifname = bridge_name(vni)
         with kernel_op(ifname, f"announce {ip} at {mac}"):  # a missing bridge: ENODEV from the bind
             frame = announce.garp_frame(ip, mac)
-            announce.send_frame(self.netns, ifname, frame)
-        announce.send_later(self.netns, ifname, frame, self.announce_again)
+            self._frames.send(ifname, frame)
+        self._frames.send_later(ifname, frame, self.announce_again)
 
     def endpoint_ids_prefixes(self) -> set[str]:
         """The 12-character endpoint ID prefixes of the host-side veths that exist here."""
