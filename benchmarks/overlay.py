@@ -6,7 +6,8 @@
   path in the same containers, Docker's swarm overlay) on this lab, `--rounds` interleaved rounds;
 - convergence: container started on host B -> first ping reply from a container on host A (p50, p99);
 - control plane: `docker run --rm … true` on a pyoverlay network vs a user-defined bridge network, and
-  the plugin's own share of each request type (p50/p99);
+  the plugin's own share of each request type (p50/p99); with --baseline DIR, DIR's agents and this tree's
+  take turns (benchmarks.docker_run);
 - IPAM: 1,000 RequestAddress calls, 8 threads across 2 hosts' agents: rate, duplicates, and the cost of
   one allocation at 90 % pool fill vs 10 %.
 """
@@ -20,10 +21,10 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-from benchmarks import datapath
+from benchmarks import datapath, docker_run
 from benchmarks.lab_helpers import pct, wait_network
-from benchmarks.plugin_timings import print_timings, read_timings
 from tests.lab import Lab, LabHost
 from tests.plugin_client import PluginClient
 
@@ -72,15 +73,6 @@ def _wait_neighbour(h: LabHost, netns: str, target: str, found: list[float], tim
             return
         time.sleep(0.005)
     found.append(float("nan"))
-
-
-def docker_run_times(h: LabHost, network: str, image: str, runs: int) -> list[float]:
-    times = []
-    for _ in range(runs):
-        start = time.monotonic()
-        h.docker("run", "--rm", "--network", network, image, "true")
-        times.append(time.monotonic() - start)
-    return times
 
 
 def ipam(lab: Lab, total: int = 1000, threads: int = 8) -> dict[str, float]:
@@ -140,6 +132,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="iperf3 duration per measurement")
     parser.add_argument("--mtu", type=int, default=1500)
     parser.add_argument("--only", nargs="*", default=["throughput", "convergence", "control", "ipam"])
+    parser.add_argument("--baseline", help="control: a checkout whose agents take turns with this tree's")
     args = parser.parse_args()
     with Lab(2, name="pyobench", mtu=args.mtu, etcd=True) as lab:
         lab.start_agents()
@@ -156,15 +149,10 @@ def main() -> None:
                 print(f"  {name:<18} p50 {pct(values, 0.5):.3f}  p99 {pct(values, 0.99):.3f}")
         if "control" in args.only:
             h1.docker("network", "create", "bench-bridge")
-            read_timings(str(h1.agent_socket), reset=True)
-            over, bridge = [], []
-            for _ in range(args.trials):  # interleaved, so drift hits both alike
-                over += docker_run_times(h1, "bench", lab.image, 1)
-                bridge += docker_run_times(h1, "bench-bridge", lab.image, 1)
-            mo, mb = statistics.median(over), statistics.median(bridge)
-            print("control plane (docker run --rm … true, median s)")
-            print(f"  pyoverlay {mo:.3f}   bridge {mb:.3f}   ratio {mo / mb:.2f}")
-            print_timings(read_timings(str(h1.agent_socket)), "  plugin's own share per request (host A)")
+            baseline = Path(args.baseline).resolve() if args.baseline else None
+            runs = docker_run.compare(lab, h1, ("bench", "bench-bridge"), args.trials, baseline)
+            print("control plane (docker run --rm … true on host A, medians; plugin shares on host A)")
+            docker_run.report(runs, indent="  ")
         if "ipam" in args.only:
             r = ipam(lab)
             print("IPAM (1,000 RequestAddress, 8 threads across 2 hosts)")

@@ -1,10 +1,11 @@
 """Single-host figures on a one-host lab with the embedded store:
 
-    sudo .venv/bin/python -m benchmarks.single_host [--runs 20] [--requests 1000]
+    sudo .venv/bin/python -m benchmarks.single_host [--runs 20] [--requests 1000] [--baseline DIR]
 
 - `docker run --rm --network <net> busybox true`: median over N runs on a pyoverlay network vs on a
   user-defined bridge network, interleaved in one session, and the ratio; the plugin's own share of each
-  request type during those runs (p50/p99, from the agent's private timings route);
+  request type during those runs (p50/p99, from the agent's private timings route); with --baseline, the
+  same for a checkout of another version, its agent and this tree's taking turns (benchmarks.docker_run);
 - the agent's resident memory before and after 1,000 plugin requests (a realistic mix: address requests and
   releases, endpoint create/join/delete, capabilities), and whether it grew.
 """
@@ -12,14 +13,15 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import uuid
 from pathlib import Path
 
-from benchmarks.plugin_timings import print_timings, read_timings
+from benchmarks import docker_run
 from tests.lab import Lab, LabHost
 from tests.plugin_client import PluginClient
+
+AGENT_ENV = {"LOG_LEVEL": "info"}
 
 
 def rss_kib(h: LabHost) -> dict[str, int]:
@@ -68,25 +70,18 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument(
+        "--baseline",
+        help="a checkout (with its .venv) whose agent takes turns with this tree's: before/after",
+    )
     args = parser.parse_args()
     with Lab(1, name="pyosingle", etcd=False) as lab:
         h = lab.hosts[0]
-        h.start_agent(extra_env={"LOG_LEVEL": "info"})
+        h.start_agent(extra_env=AGENT_ENV)
         h.create_network("pyo", "--subnet", "10.62.0.0/24")
         h.docker("network", "create", "--subnet", "10.63.0.0/24", "bridged")
-        read_timings(str(h.agent_socket), reset=True)  # network creation is not what is measured
-        over, bridge = [], []
-        for _ in range(args.runs):  # interleaved, so drift on the machine hits both alike
-            for network, times in (("pyo", over), ("bridged", bridge)):
-                start = time.monotonic()
-                h.docker("run", "--rm", "--network", network, lab.image, "true")
-                times.append(time.monotonic() - start)
-        mo, mb = statistics.median(over), statistics.median(bridge)
-        print(
-            f"docker run --rm … true, median of {args.runs}: pyoverlay {mo:.3f} s, bridge {mb:.3f} s, "
-            f"ratio {mo / mb:.2f}"
-        )
-        print_timings(read_timings(str(h.agent_socket)), "plugin's own share per request during the runs")
+        baseline = Path(args.baseline).resolve() if args.baseline else None
+        docker_run.report(docker_run.compare(lab, h, ("pyo", "bridged"), args.runs, baseline, AGENT_ENV))
 
         network_id = h.docker("network", "inspect", "-f", "{{.Id}}", "pyo").stdout.strip()
         client = PluginClient(str(h.agent_socket))

@@ -21,6 +21,7 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PER
 from . import announce, firewall
 from .errors import DataplaneError
 from .links import (
+    create_veth,
     delete_link,
     describe,
     ensure_bridge,
@@ -40,12 +41,15 @@ from .names import (
     check_vni,
     endpoint_prefix_from_name,
     exposure_names,
+    is_retired_veth,
+    retired_veth_name,
     veth_names,
     vni_from_name,
     vxlan_name,
 )
 from .netns import DEFAULT_SCOPE, NETNS_DIR, ensure_netns, identity, network_netns, network_vnis, remove_netns
 from .peers import FLOOD_MAC, PeerChanges, PeerState, normalize_mac
+from .reaper import Reaper
 from .sockets import NetlinkSockets, PacketSockets, open_iproute
 
 __all__ = ["Dataplane", "DataplaneError", "open_iproute"]
@@ -57,7 +61,9 @@ _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
 @contextmanager
-def _netns_fd(path: str) -> Iterator[int]:
+def _netns_fd(path: str | None) -> Iterator[int]:
+    """An open descriptor of the namespace at path (None: this thread's)."""
+    path = path or "/proc/thread-self/ns/net"
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
@@ -88,6 +94,7 @@ class Dataplane:
         self.announce_again = announce_again
         self._sockets = NetlinkSockets()
         self._packets = PacketSockets()
+        self._reaper = Reaper(self._delete_retired)
         # network-level changes (devices shared by all endpoints, namespaces) go one at a time
         self._network_lock = threading.Lock()
 
@@ -108,7 +115,9 @@ class Dataplane:
         return self._sockets.get(path, track_identity=True)
 
     def close(self) -> None:
-        """Close the sockets of all threads; call once at shutdown (or at the end of a test)."""
+        """Finish the deletions delete_endpoint deferred, then close the sockets of all threads; call once
+        at shutdown (or at the end of a test)."""
+        self._reaper.close()
         self._sockets.close()
         self._packets.close()
 
@@ -236,9 +245,15 @@ class Dataplane:
         operation = f"attach endpoint {port} (ensure the network)"
         net = self._net(vni, operation)
         bridge = require_link(net, bridge_name(vni), operation)
-        with _netns_fd(self.network_netns(vni)) as fd:
-            ensure_veth(net, self._host, port, container, mac, mtu, bridge, fd)
-        self._forget_learned(net, bridge, mac, require_link(net, port, "look up port")["index"])
+        # a new endpoint's pair in three requests; any other case (Docker resending, devices left
+        # behind, a half-made pair) takes the full ensure
+        with _netns_fd(None if self.netns is None else f"{NETNS_DIR}/{self.netns}") as host_fd:
+            port_link = create_veth(net, port, container, mac, mtu, bridge, host_fd)
+        if port_link is None or not veth_in_place(port_link, None, bridge, mac, mtu):
+            with _netns_fd(self.network_netns(vni)) as fd:
+                ensure_veth(net, self._host, port, container, mac, mtu, bridge, fd)
+            port_link = require_link(net, port, "look up port")
+        self._forget_learned(net, bridge, mac, port_link["index"])
         return container
 
     def join_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
@@ -272,15 +287,58 @@ class Dataplane:
                     net.fdb("del", ifindex=entry["ifindex"], lladdr=mac, flags=NTF_MASTER)
 
     def delete_endpoint(self, endpoint_id: str, vni: int | None = None) -> None:
-        """Remove an endpoint's veth pair (deleting one side removes the other, wherever it is); without
-        vni, every network's namespace is searched."""
+        """Remove an endpoint's veth pair; without vni, every network's namespace is searched. At once, the
+        port leaves the bridge, goes down and gives up the endpoint's name (the bridge forgets its MACs
+        with the port, so a new endpoint with the same address and MAC never meets it); the kernel's slow
+        deletion of the pair (~20 ms; deleting one side removes the other, wherever it is) follows on the
+        reaper's thread."""
         port, container = veth_names(endpoint_id)
         for candidate in [vni] if vni is not None else sorted(self.network_vnis()):
-            exists = identity(self.network_netns(candidate)) is not None
-            if exists and delete_link(self._net(candidate, "delete endpoint"), port):
+            path = self.network_netns(candidate)
+            if identity(path) is None:
+                continue
+            net = self._net(candidate, "delete endpoint")
+            link = find_link(net, port)
+            if link is not None:
+                self._retire(path, net, port, link)
                 return
         if not delete_link(self._host, port):  # a port made before networks had namespaces
             delete_link(self._host, container)  # a stray half: with the port went its peer
+
+    def _retire(self, path: str, net: IPRoute, port: str, link: Any) -> None:
+        retired = retired_veth_name(link["index"])
+        try:
+            with kernel_op(port, "detach and set down", tolerate=(errno.ENODEV,)):
+                net.link("set", index=link["index"], master=0, state="down")
+            with kernel_op(port, f"rename to {retired}", tolerate=(errno.ENODEV,)):
+                net.link("set", index=link["index"], ifname=retired)  # a name change needs it down
+        except DataplaneError:
+            delete_link(net, port)  # could not retire it: delete it here, as before
+            return
+        self._reaper.put((path, retired))
+
+    def _delete_retired(self, item: Any) -> None:
+        path, name = item
+        if identity(path) is not None:  # else: it went with its network's namespace
+            delete_link(self._sockets.get(path, track_identity=True), name)
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until the deletions delete_endpoint deferred so far are done; False on timeout."""
+        return self._reaper.settle(timeout)
+
+    def delete_retired_veths(self) -> list[str]:
+        """Delete every retired veth in the networks' namespaces now (the agent stopped before its reaper
+        got to them); returns their names."""
+        deleted = []
+        for vni in network_vnis(self.netns_dir, self.scope):
+            try:
+                net = self._net(vni, "list retired veths")
+            except DataplaneError:
+                continue  # removed meanwhile
+            for name in filter(is_retired_veth, self._link_names(net)):
+                delete_link(net, name)
+                deleted.append(name)
+        return deleted
 
     def announce(self, vni: int, ip: str, mac: str) -> None:
         """Announce ip at mac on the network's bridge (a gratuitous ARP, or for IPv6 an unsolicited

@@ -18,6 +18,7 @@ from .errors import DataplaneError
 
 Link = Any  # a pyroute2 ifinfmsg; pyroute2 ships no type information
 IN6_ADDR_GEN_MODE_NONE = 1
+_NO_ADDR_GEN = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE]]}]]}
 
 
 def describe(exc: BaseException) -> str:
@@ -285,6 +286,34 @@ def ensure_host_port(
     return require_link(host_ipr, host, "read host side")
 
 
+def create_veth(
+    net_ipr: IPRoute, port: str, container: str, mac: str, mtu: int, bridge: Link, host_fd: int
+) -> Link | None:
+    """ensure_veth's outcome in three requests when both names are free (a new endpoint): the pair is
+    created from the network's namespace, ``port`` on bridge and up, ``container`` (with mac and MTU)
+    straight into the host's namespace (host_fd); then IPv6 address generation is turned off on the port
+    (the kernel refuses it in the creation request; the port has no carrier, so no address, until the
+    container side is up), then the port is read back. None if a name is taken: ensure_veth sorts out
+    what holds it."""
+    created = False
+    with kernel_op(port, f"create veth pair {port}/{container}", tolerate=(errno.EEXIST,)):
+        net_ipr.link(
+            "add",
+            ifname=port,
+            kind="veth",
+            mtu=mtu,
+            master=bridge["index"],
+            state="up",
+            peer={"ifname": container, "address": mac, "mtu": mtu, "net_ns_fd": host_fd},
+        )
+        created = True
+    if not created:
+        return None
+    with kernel_op(port, "disable IPv6 address generation"):
+        net_ipr.link("set", ifname=port, af_spec=_NO_ADDR_GEN)
+    return require_link(net_ipr, port, "create veth pair")
+
+
 def veth_in_place(host_link: Link, peer: Link | None, bridge: Link, mac: str, mtu: int) -> bool:
     """Whether a pair is as ensure_veth leaves it, judged from the links alone (no further requests):
     host side a veth on bridge, up, this MTU, no IPv6 address generation; the container side, while it
@@ -334,9 +363,8 @@ def _quiet_port(ipr: IPRoute, link: Link, keep_label: str | None = None) -> None
     ifname = link.get("ifname")
     inet6 = link.get_nested("IFLA_AF_SPEC", "AF_INET6")
     if inet6 is not None and inet6.get("IFLA_INET6_ADDR_GEN_MODE") != IN6_ADDR_GEN_MODE_NONE:
-        spec = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE]]}]]}
         with kernel_op(ifname, "disable IPv6 address generation"):
-            ipr.link("set", index=link["index"], af_spec=spec)
+            ipr.link("set", index=link["index"], af_spec=_NO_ADDR_GEN)
     with kernel_op(ifname, "list addresses"):
         addresses = ipr.addr("dump", index=link["index"])
     for addr in addresses:

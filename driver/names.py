@@ -9,11 +9,13 @@ HOST_VETH_PREFIX = "poh"
 CONTAINER_VETH_PREFIX = "poc"
 EXPOSURE_HOST_PREFIX = "poex"  # the host's side of its veth into a network (pyoverlay expose)
 EXPOSURE_PORT_PREFIX = "poep"  # that veth's port on the network's bridge
+RETIRED_VETH_PREFIX = "podel"  # + the host side's ifindex: a pair taken out of service, to be deleted
 ENDPOINT_PREFIX_LEN = 12
 
 _ENDPOINT_ID = re.compile(r"^[0-9a-zA-Z]{12,}$")
 _NETWORK_NAME = re.compile(r"^(?:pobr|povx)([1-9][0-9]{0,7})$")
 _HOST_VETH = re.compile(r"^poh([0-9a-zA-Z]{12})$")
+_RETIRED_VETH = re.compile(r"^podel[1-9][0-9]{0,9}$")
 
 
 def check_vni(vni: int) -> int:
@@ -56,3 +58,16 @@ def endpoint_prefix_from_name(ifname: str) -> str | None:
     """The 12-character endpoint ID prefix of a host-side veth name, or None for any other name."""
     match = _HOST_VETH.match(ifname)
     return match.group(1) if match else None
+
+
+def retired_veth_name(ifindex: int) -> str:
+    """The name a retired host-side veth takes until it is deleted, e.g. ``podel42``: unique while it
+    lives (ifindexes are), and never an endpoint's."""
+    if isinstance(ifindex, bool) or not isinstance(ifindex, int) or not 1 <= ifindex < 1 << 31:
+        raise ValueError(f"ifindex must be a positive 32-bit integer, got {ifindex!r}")
+    return f"{RETIRED_VETH_PREFIX}{ifindex}"
+
+
+def is_retired_veth(ifname: str) -> bool:
+    """Whether ifname is a retired veth's name (see retired_veth_name)."""
+    return bool(_RETIRED_VETH.match(ifname))

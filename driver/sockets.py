@@ -92,7 +92,10 @@ class NetlinkSockets:
 
 
 class PacketSockets:
-    """One raw AF_PACKET socket per namespace, shared by all threads (sendto is atomic per frame)."""
+    """One raw AF_PACKET socket per namespace, shared by all threads (sendto is atomic per frame). Long-
+    lived: closing a packet socket waits for an RCU grace period (packet_release calls synchronize_net),
+    ~16 ms on the lab's VM, which Join would pay on every announcement with a socket per frame. Bound to no
+    protocol, it receives, and queues, nothing."""
 
     def __init__(self) -> None:
         self._sockets: dict[str | None, tuple[socket.socket, int | None]] = {}
@@ -101,7 +104,7 @@ class PacketSockets:
     def send(self, netns: str | None, ifname: str, frame: bytes) -> None:
         """Send one Ethernet frame out of ifname in netns (None: the current namespace)."""
         sock = self._socket(netns)
-        sock.sendto(frame, (ifname, 0))
+        sock.sendto(frame, (ifname, int.from_bytes(frame[12:14], "big")))  # the frame's EtherType
 
     def drop(self, netns: str) -> None:
         with self._lock:

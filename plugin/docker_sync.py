@@ -38,6 +38,7 @@ from .nameservice.index import Askers
 log = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 5.0
+UNIX_SOCKET_URL = "http+docker://localhost"  # the docker SDK's base URL for a daemon on a unix socket
 STALE_SECONDS = 30.0  # how long an own endpoint may lack both veth and container before it is removed
 
 
@@ -84,6 +85,9 @@ class DockerSync:
     def _docker(self) -> docker.DockerClient:
         if self._client is None:
             self._client = docker.from_env(timeout=30)  # DOCKER_HOST names the daemon
+            if self._client.api.base_url == UNIX_SOCKET_URL:
+                # no proxy or .netrc applies on a unix socket; requests would look both up per call
+                self._client.api.trust_env = False
         return self._client
 
     def _follow_events(self, stop: threading.Event) -> None:
@@ -107,7 +111,8 @@ class DockerSync:
     def sync_once(self) -> None:
         client = self._docker()
         driver = self.our_driver()
-        local = {n.id: n for n in client.networks.list(filters={"driver": driver})}
+        networks = client.networks.list()  # one listing per pass, ours picked out here
+        local = {n.id: n for n in networks if n.attrs.get("Driver") == driver}
         view = self.view()
         attached = self._learn_containers(client, local, view)  # first: names are what users wait for
         # Networks and bindings are read from the store itself: creating or removing a network here is
@@ -122,7 +127,7 @@ class DockerSync:
             elif not network.name and docker_id in local:
                 self.store.set_network_name(network_id, local[docker_id].name)
         skip = set(bindings.values()) | self.store.left_networks(self.host_id)
-        local_names = {n.name for n in client.networks.list()}
+        local_names = {n.name for n in networks}
         for network in cluster.values():
             if network.network_id in skip or not network.name or not network.pool_ids:
                 continue
@@ -246,13 +251,15 @@ class DockerSync:
         plugin was disabled when the container stopped) are removed with their address, once they have
         looked so for STALE_SECONDS. CreateEndpoint writes the record before the veth: records are read
         before links, and the grace period covers a request in flight."""
-        own = [e for e in view.endpoints.values() if e.kind != HOST_KIND]  # an exposure has no veth
-        prefixes = self.local_endpoint_prefixes()
+        # an exposure has no veth; links are listed only when an endpoint is in no container (a pass
+        # runs on every Docker event, and a listing decodes every link of the host)
+        unjoined = [e for e in view.endpoints.values() if e.kind != HOST_KIND and e.endpoint_id not in joined]
+        prefixes = self.local_endpoint_prefixes() if unjoined else set()
         now = time.monotonic()
         stale = {
             e.endpoint_id: self._stale.get(e.endpoint_id, now)
-            for e in own
-            if e.endpoint_id not in joined and e.endpoint_id[:12] not in prefixes
+            for e in unjoined
+            if e.endpoint_id[:12] not in prefixes
         }
         self._stale = stale
         for endpoint_id, since in stale.items():

@@ -45,6 +45,12 @@ def _announces(host_id: str, before: Endpoint | None, after: Endpoint) -> bool:
     return before is None or (before.ip, before.ip6, before.mac) != (after.ip, after.ip6, after.mac)
 
 
+def _programs_kernel(host_id: str, *records: Endpoint | None) -> bool:
+    """Whether an endpoint event (its record before and after) changes what sync programs: another
+    host's endpoints (FDB and neighbour entries) or this host's exposure (the bridge's address)."""
+    return any(e is not None and (e.host_id != host_id or e.kind == HOST_KIND) for e in records)
+
+
 def own_host_address(host_id: str, endpoints: dict[str, Endpoint]) -> tuple[str, str] | None:
     """(address, MAC) of this host's exposure on the network (pyoverlay expose), or None."""
     exposed = [e for e in endpoints.values() if e.host_id == host_id and e.kind == HOST_KIND and e.address]
@@ -132,6 +138,7 @@ class EventLoop:
         self._broken = {NETWORKS, BINDINGS}
         self.repair()
         self.collect_devices()
+        self.collect_retired_veths()
 
     def repair(self) -> None:
         """List the broken scopes again (listing the bindings may add endpoint scopes) and restart their
@@ -159,6 +166,7 @@ class EventLoop:
             for network_id in list(self.endpoints):
                 self.sync(network_id, ensure=True)
             self.collect_devices()
+            self.collect_retired_veths()
         elif kind == "watch":
             generation, batch = payload
             current = self._watches.get(scope)
@@ -246,6 +254,7 @@ class EventLoop:
 
     def _apply(self, scope: str, events: list[Event]) -> None:
         announce: dict[str, Endpoint] = {}  # remote endpoints that appeared or changed IP or MAC
+        programmed = False  # whether an event touches what sync programs (remote peers, an exposure)
         with self._view_lock:
             for event in events:
                 if scope == NETWORKS:
@@ -262,10 +271,13 @@ class EventLoop:
                     endpoints = self.endpoints.get(scope[len(ENDPOINTS) :])
                     if endpoints is None:
                         continue
-                    if isinstance(event.record, Endpoint):
-                        if _announces(self.host_id, endpoints.get(event.key_id), event.record):
-                            announce[event.key_id] = event.record
-                        endpoints[event.key_id] = event.record
+                    before = endpoints.get(event.key_id)
+                    after = event.record if isinstance(event.record, Endpoint) else None
+                    programmed = programmed or _programs_kernel(self.host_id, before, after)
+                    if after is not None:
+                        if _announces(self.host_id, before, after):
+                            announce[event.key_id] = after
+                        endpoints[event.key_id] = after
                     else:
                         endpoints.pop(event.key_id, None)
         if scope == NETWORKS:
@@ -279,7 +291,8 @@ class EventLoop:
             self._follow_bindings()
         else:
             self._index_names(scope[len(ENDPOINTS) :])
-            self.sync(scope[len(ENDPOINTS) :])  # at once: convergence time is what users feel
+            if programmed:  # this host's own containers' endpoints are veths: nothing for sync to do
+                self.sync(scope[len(ENDPOINTS) :])  # at once: convergence time is what users feel
             self._announce(scope[len(ENDPOINTS) :], announce.values())
 
     def _index_names(self, network_id: str) -> None:
@@ -330,6 +343,17 @@ class EventLoop:
                 self.dataplane.delete_network(vni)
             except DataplaneError as exc:
                 log.warning("VNI %d: %s", vni, exc)
+
+    def collect_retired_veths(self) -> None:
+        """Delete the veth pairs DeleteEndpoint retired whose deferred deletion never ran (the agent
+        stopped first); their names alone say they are garbage."""
+        try:
+            retired = self.dataplane.delete_retired_veths()
+        except DataplaneError as exc:
+            log.warning("cannot collect retired veths: %s", exc)
+            return
+        if retired:
+            log.info("deleted %d retired veths left by an earlier run: %s", len(retired), " ".join(retired))
 
     def sync(self, network_id: str, ensure: bool = False) -> None:
         """Program the network's remote peers and this host's own address on it (pyoverlay expose); a

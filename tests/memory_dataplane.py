@@ -18,6 +18,7 @@ class MemoryDataplane:
         self.peers: dict[int, PeerState] = {}
         self.host_addresses: dict[int, tuple[str, str]] = {}  # vni -> (address CIDR, MAC): exposed here
         self.calls: list[tuple[str, object]] = []  # (method, main argument), in order
+        self.peer_reads = 0  # read_peers calls: what the event loop costs the kernel
         self.announced: list[tuple[int, str, str]] = []  # (vni, ip, mac) of every announce, in order
         self.fail_vnis: set[int] = set()  # ensure_network on these raises, as a kernel error would
         self._lock = threading.Lock()
@@ -86,6 +87,14 @@ class MemoryDataplane:
             self.calls.append(("delete_endpoint", endpoint_id))
             self.endpoints.pop(endpoint_id, None)
 
+    def settle(self, timeout: float | None = None) -> bool:
+        return True  # deletions here are immediate: nothing is ever deferred
+
+    def delete_retired_veths(self) -> list[str]:
+        with self._lock:
+            self.calls.append(("delete_retired_veths", None))
+        return []
+
     def announce(self, vni: int, ip: str, mac: str) -> None:
         with self._lock:
             self.calls.append(("announce", ip))
@@ -103,6 +112,7 @@ class MemoryDataplane:
 
     def read_peers(self, vni: int) -> PeerState:
         with self._lock:
+            self.peer_reads += 1
             if vni not in self.networks:
                 raise DataplaneError(f"VNI {vni}: read peers: device not found")
             return self.peers[vni]

@@ -79,6 +79,9 @@ def remove_network(client, network_id, pool_id, gateway, repeat=1):
 
 
 def assert_nothing_left(agent) -> None:
+    deadline = time.monotonic() + 10  # DeleteEndpoint leaves the kernel's deletion of a veth to a thread
+    while agent.host.links() != {"lo", "ul0"} and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert agent.host.links() == {"lo", "ul0"}
     assert agent.host.forward_rules() == []
     assert agent.host.network_namespaces() == []

@@ -34,9 +34,18 @@ def in_container(h, container: str, *cmd: str, check: bool = True) -> subprocess
 
 
 def pyoverlay_leftovers(h, subnets: tuple[str, ...] = ()) -> list[str]:
-    links = h.run(["ip", "-br", "link"]).stdout.splitlines()
+    deadline = time.monotonic() + 10  # DeleteEndpoint leaves the kernel's deletion of a veth to a thread
+    while True:
+        links = h.run(["ip", "-br", "link"]).stdout.splitlines()
+        found = [
+            line.split()[0]
+            for line in links
+            if line.startswith(("pobr", "povx", "poh", "poc", "podel", "poex"))
+        ]
+        if not found or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     rules = h.run(["iptables", "-w", "-S", "FORWARD"]).stdout.splitlines()
-    found = [line.split()[0] for line in links if line.startswith(("pobr", "povx", "poh", "poc", "poex"))]
     found += [n for n in h.run(["ip", "netns", "list"]).stdout.split() if n.startswith("pyoverlay-")]
     found += [rule for rule in rules if "pyoverlay" in rule]
     if h.lab.etcd_endpoint:

@@ -19,7 +19,7 @@ from pyroute2.netns import create_socket
 from driver.names import vni_from_name
 
 NETNS_RUN_DIR = "/run/netns"
-PYOVERLAY_PREFIXES = ("pobr", "povx", "poh", "poc", "poex", "poep")
+PYOVERLAY_PREFIXES = ("pobr", "povx", "poh", "poc", "poex", "poep", "podel")
 # tests use VNIs from here up and endpoint IDs starting "test" (never hex), so the leak check can
 # tell their devices from those of a real agent running on the same machine
 TEST_VNI = 16_000_000

@@ -13,6 +13,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.ndmsg import NUD_REACHABLE
 
 from driver import Dataplane, Peer, PeerState, desired_state, diff
+from driver.announce import garp_frame
+from driver.sockets import PacketSockets
 from driver.names import bridge_name, vxlan_name
 
 from .nsutil import TEST_VNI, move_link, net_ns, set_up_interface
@@ -101,3 +103,19 @@ def test_a_mac_learned_behind_the_vxlan_device_is_forgotten_when_it_becomes_loca
     bench.dataplane.ensure_endpoint(VNI, "test" + NEW_MAC.replace(":", "") * 5, NEW_MAC, 1450)
     # else frames for the MAC arriving over VXLAN would be dropped (sent back to their ingress port)
     assert learned_ports(bench, NEW_MAC) == set()
+
+
+def test_one_socket_sends_every_frame_and_outlives_a_missing_interface(bench: Bench) -> None:
+    sender = PacketSockets()
+    net = bench.dataplane.network_netns(VNI)
+    try:
+        with pytest.raises(OSError):
+            sender.send(net, "nosuch0", garp_frame(IP, NEW_MAC))  # ENODEV, as a vanished bridge gives
+        sock = sender._socket(net)
+        sender.send(net, bridge_name(VNI), garp_frame(IP, NEW_MAC))
+        assert wait_for_mac(bench, NEW_MAC) == NEW_MAC
+        sender.send(net, bridge_name(VNI), garp_frame(IP, OLD_MAC))
+        assert wait_for_mac(bench, OLD_MAC) == OLD_MAC
+        assert sender._socket(net) is sock  # no socket per frame: closing one waits for an RCU grace period
+    finally:
+        sender.close()

@@ -10,7 +10,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 from driver import Dataplane, DataplaneError
 from driver.names import bridge_name, vxlan_name
 
-from .nsutil import TEST_VNI, link, move_link, net_ns, pyoverlay_links
+from .nsutil import TEST_VNI, link, move_link, net_ns, pyoverlay_links, set_up_interface
 
 pytestmark = pytest.mark.netlink
 
@@ -42,6 +42,23 @@ def test_ensure_endpoint_creates_veth_pair(network: Dataplane, ns: str) -> None:
     assert peer.get("address") == MAC and peer.get("mtu") == 1450
     assert not peer["flags"] & IFF_UP  # Docker moves it and brings it up inside the container
     assert network.endpoint_ids_prefixes() == {"test01234567"}
+
+
+def test_the_host_side_never_gets_an_ipv6_address(
+    network: Dataplane, ns: str, make_netns: Callable[[], str]
+) -> None:
+    container = make_netns()
+    network.ensure_endpoint(VNI, EP, MAC, 1450)
+    move_link(ns, CONTAINER, container)
+    set_up_interface(container, CONTAINER)  # carrier: the kernel would give the host side a link-local
+
+    with IPRoute(netns=net_ns(ns, VNI), flags=0) as ipr:
+        host = link(ipr, HOST)
+        addresses = list(ipr.addr("dump", index=host["index"]))
+    assert host.get_nested("IFLA_AF_SPEC", "AF_INET6").get("IFLA_INET6_ADDR_GEN_MODE") == 1  # none
+    assert addresses == []  # the host stays off the overlay unless exposed
+    network.delete_endpoint(EP)
+    assert network.settle(10)
 
 
 def test_ensure_endpoint_is_idempotent(network: Dataplane, ns: str) -> None:
@@ -85,6 +102,7 @@ def test_ensure_endpoint_succeeds_after_container_side_moved(
     assert CONTAINER not in pyoverlay_links(ns)  # no new pair behind Docker's back
     assert CONTAINER in pyoverlay_links(container)
     network.delete_endpoint(EP)  # removes the container side too, wherever it is
+    assert network.settle(10)
     assert pyoverlay_links(container) == set()
 
 
@@ -156,6 +174,10 @@ def test_delete_endpoint_is_idempotent(network: Dataplane, ns: str) -> None:
     network.delete_endpoint(EP)
     network.delete_endpoint(EP, VNI)
 
+    assert HOST not in pyoverlay_links(
+        net_ns(ns, VNI)
+    )  # at once; the pair itself goes on the reaper's thread
+    assert network.settle(10)
     assert pyoverlay_links(ns) == set()
     assert pyoverlay_links(net_ns(ns, VNI)) == {BR, VX}
     assert network.endpoint_ids_prefixes() == set()

@@ -179,6 +179,7 @@ def test_a_network_built_in_the_hosts_namespace_moves_into_its_own(dataplane: Da
         assert moved.get("master") == link(ipr, BR)["index"] and moved["flags"] & IFF_UP
         assert link(ipr, VX).get("master") == link(ipr, BR)["index"]
     dataplane.delete_endpoint("test0000aaaa" + "0" * 20)
+    assert dataplane.settle(10)
     assert pyoverlay_links(ns) == set()
 
 

@@ -259,3 +259,20 @@ def test_the_name_service_learns_askers_while_the_store_is_away(host_a: Host, mo
     with pytest.raises(StoreUnavailable):
         host_a.sync.sync_once()
     assert host_a.sync.askers.networks("172.18.0.2") == {mine.docker_id}
+
+
+def test_a_pass_lists_links_only_for_own_endpoints_in_no_container(host_a: Host, monkeypatch):
+    mine = host_a.create_network("10.30.0.0/24")
+    attached, alone = host_a.create_endpoint(mine), host_a.create_endpoint(mine)
+    daemon_a = daemon_of(listed(host_a))
+    daemon_a.add(mine, "web", {"c1": {"EndpointID": attached[0], "Name": "box"}})
+    listings: list[set[str]] = []
+    prefixes = host_a.sync.local_endpoint_prefixes
+    monkeypatch.setattr(
+        host_a.sync, "local_endpoint_prefixes", lambda: listings.append(prefixes()) or listings[-1]
+    )
+    host_a.sync.sync_once()
+    assert listings == [{attached[0][:12], alone[0][:12]}]  # alone is in no container: is its veth there?
+    host_a.delete_endpoint(mine, alone[0])
+    listed(host_a).sync.sync_once()
+    assert len(listings) == 1  # every own endpoint is in a container: the links are not listed

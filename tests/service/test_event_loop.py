@@ -202,3 +202,16 @@ def test_a_remote_endpoint_is_announced_when_it_appears_or_changes_mac_not_when_
     assert host_a.dp.announced[1] == (VNI_MIN, ip, "02:aa:00:00:00:05")
     assert host_a.dp.peers[VNI_MIN] == expected(host_b, listed, replaced)
     assert host_a.settle() == [] and len(host_a.dp.announced) == 2
+
+
+def test_own_container_endpoints_cost_the_kernel_nothing(host_a: Host, host_b: Host):
+    mine, theirs = joined(host_a, host_b)
+    reads = host_a.dp.peer_reads
+    endpoint_id, _, _ = host_a.create_endpoint(mine)
+    host_a.drain(lambda: endpoint_id in host_a.loop.view().endpoints)
+    host_a.delete_endpoint(mine, endpoint_id)
+    host_a.drain(lambda: endpoint_id not in host_a.loop.view().endpoints)
+    assert host_a.dp.peer_reads == reads  # a veth of this host: never an FDB or neighbour entry
+    appeared = host_b.create_endpoint(theirs)
+    host_a.drain(lambda: host_a.dp.peers[VNI_MIN] == expected(host_b, appeared))
+    assert host_a.dp.peer_reads > reads
