@@ -14,8 +14,8 @@ from pyroute2.netlink.rtnl.ndmsg import NUD_REACHABLE
 
 from driver import Dataplane, Peer, PeerState, desired_state, diff
 from driver.announce import garp_frame
-from driver.sockets import PacketSockets
 from driver.names import bridge_name, vxlan_name
+from driver.sockets import PacketSockets
 
 from .nsutil import TEST_VNI, move_link, net_ns, set_up_interface
 
