@@ -231,15 +231,7 @@ def ensure_veth(
         delete_link(host_ipr, container)
         peer = None
     if port_link is None:
-        with kernel_op(port, f"create veth pair {port}/{container}", tolerate=(errno.EEXIST,)):
-            host_ipr.link(
-                "add",
-                ifname=container,
-                kind="veth",
-                address=mac,
-                mtu=mtu,
-                peer={"ifname": port, "mtu": mtu, "net_ns_fd": netns_fd},
-            )
+        _add_pair(host_ipr, container, port, mtu, netns_fd, address=mac)
         port_link = require_link(net_ipr, port, "create veth pair")
         peer = find_link(host_ipr, container)
     if peer is not None:
@@ -268,14 +260,7 @@ def ensure_host_port(
         host_link = None
     if host_link is None:
         delete_link(net_ipr, port)
-        with kernel_op(host, f"create veth pair {host}/{port}", tolerate=(errno.EEXIST,)):
-            host_ipr.link(
-                "add",
-                ifname=host,
-                kind="veth",
-                mtu=mtu,
-                peer={"ifname": port, "mtu": mtu, "net_ns_fd": netns_fd},
-            )
+        _add_pair(host_ipr, host, port, mtu, netns_fd)
         host_link = require_link(host_ipr, host, "create veth pair")
         port_link = require_link(net_ipr, port, "create veth pair")
     _enslave(net_ipr, port_link, bridge)
@@ -284,6 +269,21 @@ def ensure_host_port(
     _quiet_port(host_ipr, host_link, keep_label=host_label(host))  # before it is up: no IPv6 link-local
     _set_mtu_up(host_ipr, host_link, mtu)
     return require_link(host_ipr, host, "read host side")
+
+
+def _add_pair(
+    ipr: IPRoute, name: str, peer: str, mtu: int, netns_fd: int, address: str | None = None
+) -> None:
+    """A veth pair: name in ipr's namespace (with address, if given), peer straight into netns_fd's."""
+    with kernel_op(name, f"create veth pair {name}/{peer}", tolerate=(errno.EEXIST,)):
+        ipr.link(
+            "add",
+            ifname=name,
+            kind="veth",
+            mtu=mtu,
+            **({} if address is None else {"address": address}),
+            peer={"ifname": peer, "mtu": mtu, "net_ns_fd": netns_fd},
+        )
 
 
 def create_veth(
