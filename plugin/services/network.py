@@ -8,7 +8,7 @@ import hashlib
 import ipaddress
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from driver import Dataplane, DataplaneError
 from kvstore import HOST_KIND, Endpoint, Network, NotFound, Store
@@ -36,6 +36,9 @@ class NetworkService:
     vxlan_port: int
     embedded: bool
     on_change: Callable[[str], None] = lambda network_id: None  # kicks the event loop for a network
+    # Docker's NetworkID here -> the cluster network's VNI, as looked up: a binding is this host's own and
+    # a VNI never changes, so DeleteEndpoint needs no store round trip to find the veth's namespace
+    _vnis: dict[str, int] = field(default_factory=dict, repr=False)
 
     def capabilities(self) -> dict[str, str]:
         return {"Scope": "local", "ConnectivityScope": "global"}
@@ -121,6 +124,7 @@ class NetworkService:
             self.store.delete_network(self.host_id, docker_network_id)
 
     def delete_network(self, docker_network_id: str) -> None:
+        self._vnis.pop(docker_network_id, None)
         try:
             network = self.store.network_for(self.host_id, docker_network_id)
         except NotFound:
@@ -151,11 +155,13 @@ class NetworkService:
 
     def network(self, docker_network_id: str) -> Network:
         try:
-            return self.store.network_for(self.host_id, docker_network_id)
+            network = self.store.network_for(self.host_id, docker_network_id)
         except NotFound:
             raise UnknownObject(
                 f"network {docker_network_id[:12]} is not a pyoverlay network on this host"
             ) from None
+        self._vnis[docker_network_id] = network.vni
+        return network
 
     # -- endpoints ----------------------------------------------------------------------------------
 
@@ -209,10 +215,11 @@ class NetworkService:
         return {"Interface": {} if req.mac else {"MacAddress": mac}}
 
     def delete_endpoint(self, req: EndpointRequest) -> None:
-        try:  # the network's namespace holds the veth's port: without it, every network's is searched
-            vni: int | None = self.store.network_for(self.host_id, req.docker_network_id).vni
-        except NotFound:
-            vni = None
+        # the network's namespace holds the veth's port: without its VNI, every network's is searched
+        vni = self._vnis.get(req.docker_network_id)
+        if vni is None:
+            with contextlib.suppress(NotFound):
+                vni = self.store.network_for(self.host_id, req.docker_network_id).vni
         self._remove_endpoint(req.endpoint_id, vni)
 
     def _remove_endpoint(self, endpoint_id: str, vni: int | None) -> None:
