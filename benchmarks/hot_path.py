@@ -28,6 +28,7 @@ from pyroute2 import netns as pyroute2_netns
 
 import driver.announce
 import driver.firewall
+import driver.sockets
 from driver import Dataplane
 from kvstore import Store
 from kvstore.kv_sqlite import SqliteKV
@@ -55,10 +56,10 @@ def counted(name: Callable[..., str], call: Callable[..., Any]) -> Callable[...,
 def instrument(kv: SqliteKV) -> None:
     for method in ("get", "range", "txn"):
         setattr(kv, method, counted(lambda *a, m=method, **k: f"store {m}", getattr(kv, method)))
-    ipr_of = Dataplane._ipr.fget  # type: ignore[attr-defined]
-    Dataplane._ipr = property(lambda self: _TimedIPRoute(ipr_of(self)))  # type: ignore[method-assign,assignment]
+    get = driver.sockets.NetlinkSockets.get
+    driver.sockets.NetlinkSockets.get = lambda self, *a, **k: _TimedIPRoute(get(self, *a, **k))  # type: ignore[method-assign]
     driver.firewall._run = counted(lambda *a, **k: "subprocess iptables", driver.firewall._run)
-    sender = driver.announce.FrameSender
+    sender = driver.sockets.PacketSockets
     sender.send = counted(lambda *a, **k: "raw frame (GARP)", sender.send)  # type: ignore[method-assign]
 
 
