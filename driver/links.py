@@ -11,13 +11,21 @@ from contextlib import contextmanager
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nlsocket import NetlinkRequest
+from pyroute2.netlink.rtnl import RTM_GETLINK
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
 from .errors import DataplaneError
 
 Link = Any  # a pyroute2 ifinfmsg; pyroute2 ships no type information
 IN6_ADDR_GEN_MODE_NONE = 1
+# A link "get" without NLM_F_ACK: pyroute2 0.9 asks for an ACK, returns on the reply and leaves the ACK
+# queued on the socket until it closes (one page each under the agent's pinned mmap threshold: the
+# worker grew by one page per lookup). The kernel answers an error without being asked all the same.
+NetlinkRequest.flags.setdefault("get-noack", NLM_F_REQUEST)
+_GET_NO_ACK = {"get": (RTM_GETLINK, "get-noack")}
 _NO_ADDR_GEN = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE]]}]]}
 
 
@@ -44,7 +52,7 @@ def kernel_op(ifname: str, operation: str, tolerate: tuple[int, ...] = ()) -> It
 def find_link(ipr: IPRoute, ifname: str) -> Link | None:
     """The link called ifname, or None."""
     with kernel_op(ifname, "look up link", tolerate=(errno.ENODEV,)):
-        return ipr.link("get", ifname=ifname)[0]
+        return ipr.link("get", ifname=ifname, command_map=_GET_NO_ACK)[0]
     return None
 
 

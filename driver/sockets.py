@@ -12,7 +12,9 @@ from .errors import DataplaneError
 from .links import describe
 from .netns import identity
 
-SOCKET_USES = 500  # accesses of a thread's IPRoute before it is replaced
+# accesses of a thread's IPRoute before it is replaced: a bound on whatever replies pyroute2 leaves queued
+# (link lookups no longer leave their ACK: links.find_link); a network's namespace costs a fork to reopen
+SOCKET_USES = 10_000
 
 
 def open_iproute(netns: str | None) -> IPRoute:
@@ -46,8 +48,6 @@ class NetlinkSockets:
         current = identity(netns) if track_identity and netns is not None else None
         if entry is not None:
             ipr, uses, inode = entry
-            # pyroute2 0.9's IPRoute keeps the ACK of every link("get") queued until the socket closes
-            # (find_link; one page each under the agent's pinned mmap threshold): replacing bounds them
             if uses < SOCKET_USES and inode == current:
                 held[netns] = (ipr, uses + 1, inode)
                 return ipr
