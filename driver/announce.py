@@ -6,6 +6,7 @@ hosts: each host sends its own on its own bridge. Frames the host transmits thro
 flooded to the ports and never learned (the bridge learns only from frames received on a port).
 """
 
+import heapq
 import ipaddress
 import logging
 import threading
@@ -70,21 +71,53 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def send_later(send: Callable[[], None], ifname: str, delays: Iterable[float]) -> None:
-    """Call send again after each delay (seconds from now), from a short-lived thread; a failure (the
-    bridge or namespace went meanwhile) only ends the repeats."""
-    delays = sorted(delays)
-    if not delays:
-        return
+class Repeater:
+    """Sends announcements again later, all from one thread: a thread per announcement (sleeping up to the
+    last repeat) kept dozens alive in a busy agent, and glibc keeps the stacks of the peak count."""
 
-    def repeat() -> None:
-        start = time.monotonic()
-        for delay in delays:
-            time.sleep(max(0.0, start + delay - time.monotonic()))
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, Callable[[], None], str]] = []  # (when, order, send, ifname)
+        self._order = 0
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def send_later(self, send: Callable[[], None], ifname: str, delays: Iterable[float]) -> None:
+        """Call send again after each delay (seconds from now); a failure (the bridge or namespace went
+        meanwhile) only ends that announcement's repeats."""
+        now = time.monotonic()
+        with self._wake:
+            if self._closed:
+                return
+            for delay in sorted(delays):
+                self._order += 1
+                heapq.heappush(self._due, (now + delay, self._order, send, ifname))
+            if self._thread is None or not self._thread.is_alive():  # first use, or after a fork
+                self._thread = threading.Thread(target=self._run, name="announce-again", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._due.clear()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        failed: set[Callable[[], None]] = set()  # sends that failed: their later repeats are dropped
+        while True:
+            with self._wake:
+                while not self._closed and (not self._due or self._due[0][0] > time.monotonic()):
+                    self._wake.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                if self._closed:
+                    return
+                _, _, send, ifname = heapq.heappop(self._due)
+                if not self._due:
+                    failed.clear()
+            if send in failed:
+                continue
             try:
                 send()
             except Exception as exc:  # pyroute2's namespace helper raises its own types too
+                failed.add(send)
                 log.debug("%s: announce again: %s", ifname, exc)
-                return
-
-    threading.Thread(target=repeat, name=f"announce-{ifname}", daemon=True).start()

@@ -93,6 +93,7 @@ class Dataplane:
         self._sockets = NetlinkSockets()
         self._packets = PacketSockets()
         self._reaper = Reaper(self._delete_retired)
+        self._repeater = announce.Repeater()
         # network-level changes (devices shared by all endpoints, namespaces) go one at a time
         self._network_lock = threading.Lock()
 
@@ -116,6 +117,7 @@ class Dataplane:
         """Finish the deletions delete_endpoint deferred, then close the sockets of all threads; call once
         at shutdown (or at the end of a test)."""
         self._reaper.close()
+        self._repeater.close()
         self._sockets.close()
         self._packets.close()
 
@@ -356,7 +358,7 @@ class Dataplane:
                 raise DataplaneError(f"{ifname}: announce {ip} at {mac}: {describe(exc)}") from exc
 
         send()  # a missing bridge: ENODEV; a missing namespace: the helper's error
-        announce.send_later(send, ifname, self.announce_again)
+        self._repeater.send_later(send, ifname, self.announce_again)
 
     def endpoint_ids_prefixes(self) -> set[str]:
         """The 12-character endpoint ID prefixes of the endpoints' bridge ports that exist here."""
