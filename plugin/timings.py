@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-SAMPLES = 4096  # per request type: enough for a p99, bounded so a long-lived agent keeps its size
+SAMPLES = 1024  # per request type: a p99 of the recent calls, bounded so a long-lived agent keeps its size
 
 
 class RequestTimings:
