@@ -79,8 +79,12 @@ def remove_network(client, network_id, pool_id, gateway, repeat=1):
 
 
 def assert_nothing_left(agent) -> None:
-    deadline = time.monotonic() + 10  # DeleteEndpoint leaves the kernel's deletion of a veth to a thread
-    while agent.host.links() != {"lo", "ul0"} and time.monotonic() < deadline:
+    # DeleteEndpoint leaves the kernel's deletion of a veth to a thread, and an event loop that had not yet
+    # seen a network's deletion may rebuild its namespace once more before it removes it
+    deadline = time.monotonic() + 10
+    while (
+        agent.host.links() != {"lo", "ul0"} or agent.host.network_namespaces()
+    ) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert agent.host.links() == {"lo", "ul0"}
     assert agent.host.forward_rules() == []
