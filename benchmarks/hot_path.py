@@ -86,7 +86,10 @@ def throwaway_netns() -> Iterator[str]:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         yield name
     finally:
-        pyroute2_netns.remove(name)
+        # the Dataplane keeps each network in a namespace <name>-<vni> beside it
+        for other in pyroute2_netns.listnetns():
+            if other == name or other.startswith(f"{name}-"):
+                pyroute2_netns.remove(other)
 
 
 def pct(values: list[float], q: float) -> float:
