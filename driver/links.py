@@ -239,7 +239,7 @@ def ensure_veth(
         delete_link(host_ipr, container)
         peer = None
     if port_link is None:
-        _add_pair(host_ipr, container, port, mtu, netns_fd, address=mac)
+        _add_pair(host_ipr, container, port, mtu, netns_fd, {"address": mac})
         port_link = require_link(net_ipr, port, "create veth pair")
         peer = find_link(host_ipr, container)
     if peer is not None:
@@ -280,18 +280,21 @@ def ensure_host_port(
 
 
 def _add_pair(
-    ipr: IPRoute, name: str, peer: str, mtu: int, netns_fd: int, address: str | None = None
-) -> None:
-    """A veth pair: name in ipr's namespace (with address, if given), peer straight into netns_fd's."""
+    ipr: IPRoute, name: str, peer: str, mtu: int, netns_fd: int, own: Any = None, peers: Any = None
+) -> bool:
+    """A veth pair: name in ipr's namespace (with the attributes ``own``), peer straight into netns_fd's
+    (with ``peers``); False if a name was taken (EEXIST)."""
     with kernel_op(name, f"create veth pair {name}/{peer}", tolerate=(errno.EEXIST,)):
         ipr.link(
             "add",
             ifname=name,
             kind="veth",
             mtu=mtu,
-            **({} if address is None else {"address": address}),
-            peer={"ifname": peer, "mtu": mtu, "net_ns_fd": netns_fd},
+            **(own or {}),
+            peer={"ifname": peer, "mtu": mtu, "net_ns_fd": netns_fd, **(peers or {})},
         )
+        return True
+    return False
 
 
 def create_veth(
@@ -303,18 +306,9 @@ def create_veth(
     (the kernel refuses it in the creation request; the port has no carrier, so no address, until the
     container side is up), then the port is read back. None if a name is taken: ensure_veth sorts out
     what holds it."""
-    created = False
-    with kernel_op(port, f"create veth pair {port}/{container}", tolerate=(errno.EEXIST,)):
-        net_ipr.link(
-            "add",
-            ifname=port,
-            kind="veth",
-            mtu=mtu,
-            master=bridge["index"],
-            state="up",
-            peer={"ifname": container, "address": mac, "mtu": mtu, "net_ns_fd": host_fd},
-        )
-        created = True
+    created = _add_pair(
+        net_ipr, port, container, mtu, host_fd, {"master": bridge["index"], "state": "up"}, {"address": mac}
+    )
     if not created:
         return None
     with kernel_op(port, "disable IPv6 address generation"):

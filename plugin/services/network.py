@@ -151,7 +151,9 @@ class NetworkService:
                     ", ".join(hosts),
                 )
         self.dataplane.delete_network(network.vni)
-        self.on_change(network.network_id)
+        # a kick naming the network would make an event loop that has not yet seen the binding go sync it,
+        # rebuilding its devices once more; a bare kick only collects devices no bound network wants
+        self.on_change("")
 
     def network(self, docker_network_id: str) -> Network:
         try:
