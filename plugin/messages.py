@@ -30,6 +30,16 @@ _ID = re.compile(r"^[0-9A-Za-z_.-]{1,128}$")
 _ENDPOINT_ID = re.compile(r"^[0-9A-Za-z]{12,128}$")  # interface names are derived from the first 12
 
 T = TypeVar("T")
+SHOWN_CHARS = 64  # of a value echoed in an error: a megabyte-long field must not come back to the user
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}… ({len(text)} characters)"
+
+
+def _shown(value: str) -> str:
+    """The value as an error quotes it: repr'd (control characters visible), long ones cut."""
+    return repr(value) if len(value) <= SHOWN_CHARS else f"{value[:SHOWN_CHARS]!r}… ({len(value)} characters)"
 
 
 def _get(
@@ -48,7 +58,7 @@ def _get(
 def _ident(body: dict[str, Any], key: str, pattern: re.Pattern[str] = _ID) -> str:
     value = _get(body, key, str, required=True)
     if not pattern.match(value):
-        raise BadRequest(f"field {key!r} is not a valid ID: {value!r}")
+        raise BadRequest(f"field {key!r} is not a valid ID: {_shown(value)}")
     return value
 
 
@@ -69,7 +79,7 @@ def _docker_bool(generic: dict[str, str], key: str) -> bool | None:
         return True
     if value in ("0", "f", "F", "false", "FALSE", "False"):
         return False
-    raise BadRequest(f"-o {key}={value}: the value must be true or false")
+    raise BadRequest(f"-o {key}={_clip(value)}: the value must be true or false")
 
 
 def _check_driver_options(generic: dict[str, str]) -> int | None:
@@ -81,7 +91,7 @@ def _check_driver_options(generic: dict[str, str]) -> int | None:
         )
     unknown = sorted(set(generic) - set(KNOWN_OPTIONS) - set(DOCKER_OPTIONS))
     if unknown:
-        options = ", ".join(f"-o {key}" for key in unknown)
+        options = ", ".join(f"-o {_clip(key)}" for key in unknown)
         known = ", ".join(f"-o {key}=N" for key in KNOWN_OPTIONS)
         raise BadRequest(
             f"pyoverlay does not know the driver option{'s' if len(unknown) > 1 else ''} {options}; "
@@ -94,7 +104,8 @@ def _check_driver_options(generic: dict[str, str]) -> int | None:
         mtu = int(value)
     except ValueError:
         raise BadRequest(
-            f"-o {MTU_OPTION}={value}: the MTU must be a whole number of bytes, e.g. -o {MTU_OPTION}=1400"
+            f"-o {MTU_OPTION}={_clip(value)}: the MTU must be a whole number of bytes, "
+            f"e.g. -o {MTU_OPTION}=1400"
         ) from None
     if mtu < MIN_MTU:
         raise BadRequest(
@@ -107,7 +118,7 @@ def _check_driver_options(generic: dict[str, str]) -> int | None:
 def parse_mac(value: str, what: str = "MAC address") -> str:
     mac = value.strip().lower()
     if not _MAC.match(mac):
-        raise BadRequest(f"{what} {value!r} is not a MAC address")
+        raise BadRequest(f"{what} {_shown(value)} is not a MAC address")
     return mac
 
 
@@ -116,9 +127,9 @@ def parse_interface_cidr(value: str, what: str, version: int = 4) -> Any:
     try:
         iface = ipaddress.ip_interface(value)
     except ValueError:
-        raise BadRequest(f"{what} {value!r} is not an address in CIDR form") from None
+        raise BadRequest(f"{what} {_shown(value)} is not an address in CIDR form") from None
     if iface.version != version:
-        raise BadRequest(f"{what} {value!r} is not an IPv{version} address")
+        raise BadRequest(f"{what} {_shown(value)} is not an IPv{version} address")
     return iface
 
 
@@ -133,7 +144,7 @@ def _ipam_data(body: dict[str, Any], key: str, version: int) -> list[IPAMData]:
         except ValueError:
             net = None
         if net is None or net.version != version:
-            raise BadRequest(f"{key}.Pool {pool!r} is not an IPv{version} subnet")
+            raise BadRequest(f"{key}.Pool {_shown(pool)} is not an IPv{version} subnet")
         gateway = _get(item, "Gateway", str) or None
         if gateway:
             parse_interface_cidr(gateway, f"{key}.Gateway", version)
@@ -275,7 +286,7 @@ class RequestAddressRequest:
             try:
                 ipaddress.ip_address(address)
             except ValueError:
-                raise BadRequest(f"Address {address!r} is not an IP address") from None
+                raise BadRequest(f"Address {_shown(address)} is not an IP address") from None
         mac = options.get(MAC_OPTION) or None
         return cls(
             pool_id=_get(body, "PoolID", str, required=True),
@@ -297,5 +308,5 @@ class ReleaseAddressRequest:
             # Docker sends a bare address; tolerate CIDR form
             bare = str(ipaddress.ip_interface(address).ip)
         except ValueError:
-            raise BadRequest(f"Address {address!r} is not an IP address") from None
+            raise BadRequest(f"Address {_shown(address)} is not an IP address") from None
         return cls(pool_id=_get(body, "PoolID", str, required=True), address=bare)

@@ -150,3 +150,24 @@ def test_request_address_gateway_and_mac():
 
 def test_release_address_tolerates_cidr():
     assert m.ReleaseAddressRequest.parse({"PoolID": "p", "Address": "10.1.0.9/24"}).address == "10.1.0.9"
+
+
+@pytest.mark.parametrize(
+    "parse",
+    [
+        lambda v: m.parse_mac(v),
+        lambda v: m.parse_interface_cidr(v, "Interface.Address"),
+        lambda v: m.NetworkRequest.parse({"NetworkID": v}),
+        lambda v: m.ReleaseAddressRequest.parse({"PoolID": "p", "Address": v}),
+        lambda v: m.CreateNetworkRequest.parse({"NetworkID": "n", "IPv4Data": [{"Pool": v}]}),
+        lambda v: m.CreateNetworkRequest.parse({"NetworkID": "n", "Options": {m.GENERIC_OPTIONS: {v: "1"}}}),
+        lambda v: m.CreateNetworkRequest.parse(
+            {"NetworkID": "n", "Options": {m.GENERIC_OPTIONS: {m.MTU_OPTION: v}}}
+        ),
+    ],
+    ids=["mac", "cidr", "id", "address", "pool", "option", "mtu"],
+)
+def test_a_huge_value_is_quoted_cut_with_its_length(parse):
+    with pytest.raises(BadRequest) as caught:
+        parse("z" * 100_000)
+    assert len(str(caught.value)) < 400 and "(100000 characters)" in str(caught.value)
