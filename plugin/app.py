@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,8 @@ from .timings import RequestTimings
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
+MAX_ERROR_CHARS = 1024
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's escape of a UTF-16 surrogate
 
 
 def _answer(body: dict[str, Any], status: int = 200) -> Response:
@@ -35,9 +38,20 @@ def _body() -> dict[str, Any]:
     raw = request.get_data(cache=True)
     if not raw.strip():
         return {}
-    data = request.get_json(force=True, silent=True)
-    if data is None:
-        raise BadRequest("request body is not valid JSON")
+    try:
+        text = raw.decode()  # JSON between systems is UTF-8 (RFC 8259 8.1): no guessing UTF-16 from bytes
+        data = json.loads(text)
+    except ValueError:
+        raise BadRequest("request body is not valid JSON in UTF-8") from None
+    except RecursionError:  # json's C decoder recurses per nesting level: "[" * 1000 ends the stack
+        raise BadRequest("request body is nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:  # a lone "\ud800" decodes to a str that no store, log or kernel call can encode
+            json.dumps(data, ensure_ascii=False).encode()
+        except (UnicodeEncodeError, RecursionError):
+            raise BadRequest(
+                "request body holds a string that is not valid Unicode (a lone surrogate)"
+            ) from None
     if not isinstance(data, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(data).__name__}")
     return data
@@ -59,16 +73,29 @@ def _as_plugin_error(exc: Exception) -> PluginError:
     return PluginError(f"internal error: {type(exc).__name__}: {exc}")
 
 
-def _answer_error(exc: Exception) -> Response | HTTPException:
-    if isinstance(exc, HTTPException):
-        return exc  # unknown path: 404 tells Docker the call is not implemented
-    error = _as_plugin_error(exc)
+def _http_error(exc: HTTPException) -> PluginError:
+    """Routing's own refusals, as JSON errors like every other answer (werkzeug's are HTML pages)."""
+    error = PluginError(
+        f"pyoverlay does not implement {request.path}"  # 404: Docker takes it as "not implemented"
+        if exc.code == 404
+        else f"{request.method} {request.path}: plugin calls are POST"
+        if exc.code == 405
+        else f"{request.path}: {exc.name}"
+    )
+    error.status = exc.code or 400
+    return error
+
+
+def _answer_error(exc: Exception) -> Response:
+    error = _http_error(exc) if isinstance(exc, HTTPException) else _as_plugin_error(exc)
     path = request.path
+    message = str(error) or type(error).__name__
+    if len(message) > MAX_ERROR_CHARS:  # a message quoting a huge field: Docker shows it to the user
+        message = f"{message[:MAX_ERROR_CHARS]}… ({len(message)} characters)"
     if error.status >= 500 and not isinstance(error, StoreDown):
         log.exception("%s failed", path)
     else:
-        log.warning("%s refused: %s", path, error)
-    message = str(error) or type(error).__name__
+        log.warning("%s refused: %s", path, message)
     if path.startswith("/IpamDriver."):
         # "Error" is the IPAM protocol's field; Docker's plugin client reads "Err" from any non-200 body
         return _answer({"Error": message, "Err": message}, error.status)
@@ -81,6 +108,9 @@ TIMINGS_PATH = "/pyoverlay.Timings"  # private: not a Docker plugin call, Docker
 def create_app(network: NetworkService, ipam: IpamService, timings: RequestTimings | None = None) -> Flask:
     """The Flask app for one agent; no global state."""
     app = Flask("pyoverlay")
+    app.url_map.merge_slashes = (
+        False  # "//Plugin.Activate" would get a redirect, which is no answer to Docker
+    )
     app.register_error_handler(Exception, _answer_error)
     timings = timings if timings is not None else RequestTimings()
 
@@ -92,7 +122,10 @@ def create_app(network: NetworkService, ipam: IpamService, timings: RequestTimin
             finally:  # refused requests count too: their time is Docker's wait as well
                 timings.record(path, time.perf_counter() - start)
 
-        app.add_url_rule(path, endpoint=path, view_func=view, methods=["POST"])
+        # no automatic OPTIONS: its answer has no body, and Docker only ever POSTs
+        app.add_url_rule(
+            path, endpoint=path, view_func=view, methods=["POST"], provide_automatic_options=False
+        )
 
     def timings_view() -> Response:
         # {"Reset": true} clears them after reading, so a benchmark can measure one phase
@@ -101,7 +134,13 @@ def create_app(network: NetworkService, ipam: IpamService, timings: RequestTimin
             timings.reset()
         return _answer({"Timings": summary})
 
-    app.add_url_rule(TIMINGS_PATH, endpoint=TIMINGS_PATH, view_func=timings_view, methods=["POST"])
+    app.add_url_rule(
+        TIMINGS_PATH,
+        endpoint=TIMINGS_PATH,
+        view_func=timings_view,
+        methods=["POST"],
+        provide_automatic_options=False,
+    )
 
     route("/Plugin.Activate", lambda b: {"Implements": ["NetworkDriver", "IpamDriver"]})
 
