@@ -119,6 +119,12 @@ def parse_mac(value: str, what: str = "MAC address") -> str:
     mac = value.strip().lower()
     if not _MAC.match(mac):
         raise BadRequest(f"{what} {_shown(value)} is not a MAC address")
+    first = int(mac[:2], 16)
+    if first & 1 or mac == "00:00:00:00:00:00":  # the kernel refuses either on a veth (EADDRNOTAVAIL)
+        raise BadRequest(
+            f"{what} {mac} is a {'multicast' if first & 1 else 'zero'} address: an interface needs a unicast "
+            "one (first byte even, e.g. 02:42:0a:00:00:02; 02 marks it locally administered)"
+        )
     return mac
 
 

@@ -171,3 +171,14 @@ def test_a_huge_value_is_quoted_cut_with_its_length(parse):
     with pytest.raises(BadRequest) as caught:
         parse("z" * 100_000)
     assert len(str(caught.value)) < 400 and "(100000 characters)" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "mac", ["05:82:50:b5:82:4a", "01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff", "00:00:00:00:00:00"]
+)
+def test_a_mac_no_interface_can_have_is_refused_before_the_kernel(mac):
+    # found by the T12 fuzzer: CreateEndpoint answered 500 "kernel: … Cannot assign requested address"
+    body = {"NetworkID": "n", "EndpointID": EID, "Interface": {"Address": "10.1.0.2/24", "MacAddress": mac}}
+    with pytest.raises(BadRequest, match="needs a unicast one"):
+        m.CreateEndpointRequest.parse(body)
+    assert m.parse_mac("02:42:0A:00:00:02") == "02:42:0a:00:00:02"
