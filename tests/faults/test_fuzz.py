@@ -1,5 +1,6 @@
 """T12: malformed and random requests on a real agent's socket (``pyoverlay serve`` in a throwaway network
-namespace, embedded store), drawn by hypothesis from the protocol's message shapes (protocol_strategies).
+namespace, on the embedded store and on etcd), drawn by hypothesis from the protocol's message shapes
+(protocol_strategies).
 
 Properties: every answer is JSON of the protocol's shape (NetworkDriver errors ``{"Err"}``, IpamDriver
 errors ``{"Error"}``, a non-200 status; success answers as the call defines them); an unknown path answers
@@ -30,9 +31,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 
+from tests.etcd_server import EtcdServer
 from tests.faults.conftest import count
 from tests.faults.protocol_strategies import FuzzRequest, Targets, fuzz_requests
-from tests.integration.conftest import AgentProcess, NetnsHost
+from tests.integration.conftest import AgentProcess, NetnsHost, ip
 from tests.integration.test_api import (
     create_endpoint,
     create_network,
@@ -49,7 +51,6 @@ VALID_EVERY = 50  # fuzz requests between two rounds of valid ones
 CONTROL_SUBNET = "10.99.0.0/24"  # the control network: valid calls only, never drawn by the fuzzer
 CONTROL_POOL = "10.99.1.0/24"  # a pool without a network: RequestPool .. ReleasePool each round
 FUZZ_SUBNET = "10.30.0.0/24"  # the fuzz network, aimed at by the generator
-MAC_OPTION = "com.docker.network.endpoint.macaddress"
 MAX_ERROR_BYTES = 4096  # an error Docker shows the user: it must not echo a megabyte of request back
 # Bodies up to 8 MiB pass through the worker; with the mmap threshold pinned (native_memory) each is
 # returned to the OS after its request. 100,000 valid requests grow the worker by < 6 MiB
@@ -217,17 +218,33 @@ class FuzzRun:
         return refused
 
 
-@pytest.fixture
-def fuzz_agent(tmp_path: Path) -> Iterator[AgentProcess]:
-    """A real agent on the embedded store in a throwaway network namespace (tests/integration's)."""
+def private_link(host: NetnsHost) -> str:
+    """A /32 pair of addresses of this host's own on its uplink; returns the root namespace's end.
+    NetnsHost's 10.98.0.0/24 is the same in every one, and other runs' may exist beside it."""
+    n = random.randrange(1, 250)
+    root, inner, uplink = f"10.96.{n}.254", f"10.96.{n}.1", host.name.replace("pyo-it-", "pyoit")
+    ip("addr", "add", f"{root}/32", "dev", uplink)
+    ip("route", "add", f"{inner}/32", "dev", uplink, "src", root)
+    ip("-n", host.name, "addr", "add", f"{inner}/32", "dev", "ul0")
+    ip("-n", host.name, "route", "add", f"{root}/32", "dev", "ul0", "src", inner)
+    return root
+
+
+@pytest.fixture(params=["embedded", "etcd"])
+def fuzz_agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AgentProcess]:
+    """A real agent in a throwaway network namespace (tests/integration's), on the embedded store or on
+    an etcd of its own, listening in the root namespace on a link private to this host."""
     host = NetnsHost(tmp_path)
-    agent = AgentProcess(host)
+    etcd = EtcdServer(host=private_link(host)) if request.param == "etcd" else None  # its data on tmpfs
+    agent = AgentProcess(host, etcd.start().endpoint if etcd else "")
     try:
         agent.start()
         yield agent
     finally:
         agent.stop()
-        host.close()
+        host.close()  # its uplink goes with the namespace, and the private link's addresses with it
+        if etcd:
+            etcd.close()
 
 
 def leftovers(agent: AgentProcess) -> dict[str, object]:
@@ -270,6 +287,7 @@ def test_fuzzed_requests_get_json_errors_and_break_nothing(fuzz_agent: AgentProc
     pids = process_ids(agent.proc.pid)
     rss = {"start": rss_kib(pids[1])}
     warmup = max(REQUESTS // 10, VALID_EVERY)
+    trail: list[float] = []  # MiB
 
     @seed(run_seed)
     @settings(
@@ -282,8 +300,10 @@ def test_fuzzed_requests_get_json_errors_and_break_nothing(fuzz_agent: AgentProc
     @given(req=fuzz_requests(targets))
     def fuzz_one(req: FuzzRequest) -> None:
         run.fuzz(req)
-        if sum(run.sent.values()) == warmup:
-            rss["warm"] = rss_kib(pids[1])
+        done = sum(run.sent.values())
+        if done % warmup == 0:  # the first tenth is the warm-up; then a sample every tenth, for the trail
+            trail.append(round(rss_kib(pids[1]) / 1024, 1))
+            rss.setdefault("warm", rss_kib(pids[1]))
 
     start = time.monotonic()
     fuzz_one()
@@ -302,7 +322,7 @@ def test_fuzzed_requests_get_json_errors_and_break_nothing(fuzz_agent: AgentProc
     total = sum(run.sent.values())
     figures(
         "T12",
-        "fuzzed requests on a real agent's socket (embedded store)",
+        f"fuzzed requests on a real agent's socket ({'etcd' if agent.etcd else 'embedded store'})",
         requests=total,
         by_kind=dict(run.sent),
         by_status=dict(sorted(run.statuses.items())),
@@ -312,6 +332,7 @@ def test_fuzzed_requests_get_json_errors_and_break_nothing(fuzz_agent: AgentProc
         rss_start_mib=round(rss["start"] / 1024, 1),
         rss_warm_mib=round(rss.get("warm", rss["start"]) / 1024, 1),
         rss_end_mib=round(rss["end"] / 1024, 1),
+        rss_trail_mib=trail,
         duration_s=round(duration, 1),
         answer_wait_s={k: round(v, 1) for k, v in run.waited.items()},
         requests_per_s=round(total / duration),
