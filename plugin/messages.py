@@ -62,6 +62,18 @@ def _ident(body: dict[str, Any], key: str, pattern: re.Pattern[str] = _ID) -> st
     return value
 
 
+def _pool_id(body: dict[str, Any]) -> str:
+    # pyoverlay's PoolIDs are subnets (kvstore.Pool): anything else is refused before it becomes a store key
+    value = _get(body, "PoolID", str, required=True)
+    try:
+        ipaddress.ip_network(value)
+    except ValueError:
+        raise BadRequest(
+            f"PoolID {_shown(value)} is not a pyoverlay pool: its PoolIDs are subnets, e.g. 10.1.0.0/24"
+        ) from None
+    return value
+
+
 def _str_map(value: Any, what: str) -> dict[str, str]:
     if value is None:
         return {}
@@ -274,7 +286,7 @@ class PoolRequest:
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> PoolRequest:
-        return cls(pool_id=_get(body, "PoolID", str, required=True))
+        return cls(pool_id=_pool_id(body))
 
 
 @dataclass(frozen=True)
@@ -295,7 +307,7 @@ class RequestAddressRequest:
                 raise BadRequest(f"Address {_shown(address)} is not an IP address") from None
         mac = options.get(MAC_OPTION) or None
         return cls(
-            pool_id=_get(body, "PoolID", str, required=True),
+            pool_id=_pool_id(body),
             address=address,
             mac=parse_mac(mac, MAC_OPTION) if mac else None,
             is_gateway=options.get(REQUEST_TYPE_OPTION) == GATEWAY_TYPE,
@@ -315,4 +327,4 @@ class ReleaseAddressRequest:
             bare = str(ipaddress.ip_interface(address).ip)
         except ValueError:
             raise BadRequest(f"Address {_shown(address)} is not an IP address") from None
-        return cls(pool_id=_get(body, "PoolID", str, required=True), address=bare)
+        return cls(pool_id=_pool_id(body), address=bare)

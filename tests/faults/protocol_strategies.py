@@ -38,6 +38,8 @@ IPAM_CALLS = (
 )
 CALLS = ("/Plugin.Activate", *NETWORK_CALLS, *IPAM_CALLS)
 
+# a megabyte-long value of one of these: store keys and lookups on the way, not only validation
+LARGE_FIELDS = (b"NetworkID", b"PoolID", b"Pool", b"Address")
 GENERIC = "com.docker.network.generic"
 MAC_OPTION = "com.docker.network.endpoint.macaddress"
 GATEWAY = {"RequestAddressType": "com.docker.network.gateway"}
@@ -317,7 +319,9 @@ def raw_bodies() -> st.SearchStrategy[bytes]:
         st.text(max_size=50).map(lambda s: s.encode("utf-8", "surrogatepass")),
         st.integers(1, 200_000).map(lambda n: b"[" * n + b"]" * n),  # deep nesting
         st.integers(1, 200_000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
-        st.integers(1, 8).map(lambda mib: b'{"NetworkID": "' + b"a" * (mib << 20) + b'"}'),  # large bodies
+        st.tuples(st.sampled_from(LARGE_FIELDS), st.integers(1, 8)).map(  # large bodies
+            lambda t: b'{"%s": "' % t[0] + b"1" * (t[1] << 20) + b'"}'
+        ),
         garbage().map(_dumps),
     )
 

@@ -10,6 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from plugin.app import CONTENT_TYPE, create_app
+from plugin.errors import BadRequest
 from tests.service.conftest import Host
 
 
@@ -78,9 +79,15 @@ def test_a_huge_field_is_not_echoed_back(client: FlaskClient):
     assert answer(resp)["Err"] == f"field 'NetworkID' is not a valid ID: {'a' * 64!r}… (1048576 characters)"
 
 
-def test_an_error_message_is_cut_wherever_it_comes_from(client: FlaskClient):
-    # the store's "pool … not found" quotes the PoolID whole: the one error path cuts every message
-    resp = client.post("/IpamDriver.RequestAddress", data=json.dumps({"PoolID": "p" * 100_000}))
+def test_an_error_message_is_cut_wherever_it_comes_from(
+    client: FlaskClient, host_a: Host, monkeypatch: pytest.MonkeyPatch
+):
+    # requests are bounded where they are parsed; the one error path also cuts what a service raises
+    def refuse() -> None:
+        raise BadRequest("pool " + "p" * 100_000 + " not found")
+
+    monkeypatch.setattr(host_a.ipam, "default_address_spaces", refuse)
+    resp = client.post("/IpamDriver.GetDefaultAddressSpaces", data=b"")
     assert resp.status_code == 400
     error = answer(resp)["Error"]
     assert error.startswith("pool ppp") and error.endswith("… (100015 characters)")

@@ -135,7 +135,7 @@ def test_request_address_gateway_and_mac():
     assert gw.is_gateway and gw.mac is None
     req = m.RequestAddressRequest.parse(
         {
-            "PoolID": "p",
+            "PoolID": "10.1.0.0/24",
             "Address": "10.1.0.9",
             "Options": {"com.docker.network.endpoint.macaddress": "02:00:00:00:00:01"},
         }
@@ -149,7 +149,10 @@ def test_request_address_gateway_and_mac():
 
 
 def test_release_address_tolerates_cidr():
-    assert m.ReleaseAddressRequest.parse({"PoolID": "p", "Address": "10.1.0.9/24"}).address == "10.1.0.9"
+    assert (
+        m.ReleaseAddressRequest.parse({"PoolID": "10.1.0.0/24", "Address": "10.1.0.9/24"}).address
+        == "10.1.0.9"
+    )
 
 
 @pytest.mark.parametrize(
@@ -158,14 +161,15 @@ def test_release_address_tolerates_cidr():
         lambda v: m.parse_mac(v),
         lambda v: m.parse_interface_cidr(v, "Interface.Address"),
         lambda v: m.NetworkRequest.parse({"NetworkID": v}),
-        lambda v: m.ReleaseAddressRequest.parse({"PoolID": "p", "Address": v}),
+        lambda v: m.ReleaseAddressRequest.parse({"PoolID": "10.1.0.0/24", "Address": v}),
+        lambda v: m.PoolRequest.parse({"PoolID": v}),
         lambda v: m.CreateNetworkRequest.parse({"NetworkID": "n", "IPv4Data": [{"Pool": v}]}),
         lambda v: m.CreateNetworkRequest.parse({"NetworkID": "n", "Options": {m.GENERIC_OPTIONS: {v: "1"}}}),
         lambda v: m.CreateNetworkRequest.parse(
             {"NetworkID": "n", "Options": {m.GENERIC_OPTIONS: {m.MTU_OPTION: v}}}
         ),
     ],
-    ids=["mac", "cidr", "id", "address", "pool", "option", "mtu"],
+    ids=["mac", "cidr", "id", "address", "pool-id", "pool", "option", "mtu"],
 )
 def test_a_huge_value_is_quoted_cut_with_its_length(parse):
     with pytest.raises(BadRequest) as caught:
@@ -182,3 +186,21 @@ def test_a_mac_no_interface_can_have_is_refused_before_the_kernel(mac):
     with pytest.raises(BadRequest, match="needs a unicast one"):
         m.CreateEndpointRequest.parse(body)
     assert m.parse_mac("02:42:0A:00:00:02") == "02:42:0a:00:00:02"
+
+
+@pytest.mark.parametrize(
+    "parse",
+    [
+        m.PoolRequest.parse,
+        m.RequestAddressRequest.parse,
+        lambda body: m.ReleaseAddressRequest.parse({**body, "Address": "10.1.0.2"}),
+    ],
+    ids=["pool", "request-address", "release-address"],
+)
+@pytest.mark.parametrize("pool_id", ["p", "", "1" * (1 << 20), "10.1.0.0/24/../x", "10.1.0.1/24"])
+def test_a_pool_id_that_is_no_subnet_is_refused_before_the_store(parse, pool_id):
+    # found by the T12 fuzzer on etcd: a 1 MiB PoolID became a key etcd refused, answered 503 "etcd refused
+    # the request: RESOURCE_EXHAUSTED" as if the store were down
+    with pytest.raises(BadRequest, match="is not a pyoverlay pool: its PoolIDs are subnets"):
+        parse({"PoolID": pool_id})
+    assert parse({"PoolID": "10.1.0.0/24"}).pool_id == "10.1.0.0/24"
