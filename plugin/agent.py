@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 DNS_PORT = 53  # Docker's `dns` setting takes addresses only
 DNS_RETRY = 2.0  # seconds between attempts to listen
 CLAIM_RETRY = 1.0  # seconds between registrations while the store has not answered yet
+FIRST_HEARTBEAT_WAIT = 15.0  # at most this long a request waits for the first registration's outcome
 
 
 def load_host_id(state_dir: str) -> str:
@@ -109,8 +110,8 @@ class Agent:
         self._host = Host(host_id=self.host_id, address=self.vtep, hostname=socket.gethostname())
         # The host id is ours once registered; until then, and while another host holds it (a cloned
         # state directory), nothing writes under it: the loops wait and requests are refused.
-        self._identity_lock = threading.Lock()
         self._claimed = False
+        self._first_heartbeat = threading.Event()  # set once the first registration ended, either way
         self.refusal: str | None = None
 
     def _ensure_devices(self, network: Network) -> None:
@@ -170,37 +171,42 @@ class Agent:
             return
 
     def check_identity(self) -> None:
-        """Raise IdentityRefused while another host holds this host's id; before the first heartbeat
-        answered, register here first (StoreError if the store cannot say)."""
-        if not self._claimed and self.refusal is None:
-            self._register()
+        """Raise IdentityRefused while another host holds this host's id. A request that arrives before
+        the first registration ended waits for it (milliseconds; with etcd down, its timeout), so a
+        clone never writes first; a store that cannot say lets the request meet the store on its own."""
+        self._first_heartbeat.wait(FIRST_HEARTBEAT_WAIT)
         if self.refusal is not None:
             raise IdentityRefused(self.refusal)
 
     def _register(self) -> None:
         """One heartbeat. The event loop and Docker sync start on the first that succeeds: they write
         under the host id (bindings, endpoints), which a clone must never do to another host's."""
-        with self._identity_lock:
-            try:
-                self.store.register_host(self._host, ttl=self.settings.host_ttl)
-            except IdentityConflict as exc:
-                if self.refusal is None:
-                    log.error("refusing every request: %s", exc)
-                self.refusal = str(exc)
-                return
-            if self.refusal is not None:
-                log.warning("host id %s is free again (the other record expired): serving", self.host_id)
-                self.refusal = None
-            if not self._claimed:
-                self._claimed = True
-                self._start_threads((("event-loop", self.loop.run), ("docker-sync", self.docker_sync.run)))
+        try:
+            self.store.register_host(self._host, ttl=self.settings.host_ttl)
+        except IdentityConflict as exc:
+            if self.refusal is None:
+                log.error("refusing every request: %s", exc)
+            self.refusal = str(exc)
+            return
+        if self.refusal is not None:
+            log.warning("host id %s is free again (the other record expired): serving", self.host_id)
+            self.refusal = None
+        if not self._claimed:
+            self._claimed = True
+            self._start_threads((("event-loop", self.loop.run), ("docker-sync", self.docker_sync.run)))
 
     def _heartbeat(self, stop: threading.Event) -> None:
+        failures = 0
         while not stop.is_set():
             try:
                 self._register()
+                failures = 0
             except StoreError as exc:
-                log.warning("cannot register host: %s", exc)
+                failures += 1  # before the first success it retries each second: say it once
+                log.log(logging.WARNING if self._claimed or failures == 1 else logging.DEBUG,
+                        "cannot register host: %s", exc)  # fmt: skip
+            finally:
+                self._first_heartbeat.set()
             # Quickly until the store first answers, so the loops start as soon as it does.
             stop.wait(self.settings.host_ttl / 3 if self._claimed or self.refusal else CLAIM_RETRY)
 
