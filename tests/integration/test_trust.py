@@ -22,6 +22,9 @@ from .test_api import create_endpoint, create_network
 pytestmark = pytest.mark.faults
 
 CLONED_ID = "c10ed0000000cafe"
+# Underlays of their own (NetnsHost's default is 10.98.0.0/24): these tests share no route with others.
+FIRST, SECOND, LONE = 95, 96, 94
+FIRST_ADDRESS, SECOND_ADDRESS = f"10.{FIRST}.0.1", f"10.{SECOND}.0.1"  # the agents' VTEPs
 REMOTE_VTEP = "192.0.2.50"
 
 
@@ -72,9 +75,19 @@ def fdb(host: NetnsHost) -> str:
     )
 
 
+@pytest.fixture
+def lone_host(tmp_path: Path) -> Iterator[NetnsHost]:
+    host = NetnsHost(tmp_path, subnet=LONE)
+    try:
+        yield host
+    finally:
+        host.close()
+
+
 def test_the_agent_and_the_operator_commands_work_as_the_least_privilege_user(
-    clean: SecuredEtcd, netns_host: NetnsHost
+    clean: SecuredEtcd, lone_host: NetnsHost
 ) -> None:
+    netns_host = lone_host
     agent = AgentProcess(netns_host, env=clean.agent_env())
     agent.start()
     store = agent_store(clean)
@@ -113,9 +126,23 @@ def refusal(agent: AgentProcess) -> tuple[int, str]:
     return status, (answer or {}).get("Error", "")
 
 
-def test_a_cloned_host_id_is_refused_until_its_owner_is_gone(clean: SecuredEtcd, tmp_path: Path) -> None:
-    hosts = [NetnsHost(tmp_path / "a", subnet=98), NetnsHost(tmp_path / "b", subnet=96)]
-    agents = [AgentProcess(h, env={**clean.agent_env(), "HOST_TTL": "3"}) for h in hosts]
+@pytest.fixture
+def two_hosts(tmp_path: Path) -> Iterator[list[NetnsHost]]:
+    hosts: list[NetnsHost] = []
+    try:
+        for name, subnet in (("a", FIRST), ("b", SECOND)):
+            (tmp_path / name).mkdir()
+            hosts.append(NetnsHost(tmp_path / name, subnet=subnet))
+        yield hosts
+    finally:
+        for host in hosts:
+            host.close()
+
+
+def test_a_cloned_host_id_is_refused_until_its_owner_is_gone(
+    clean: SecuredEtcd, two_hosts: list[NetnsHost]
+) -> None:
+    agents = [AgentProcess(h, env={**clean.agent_env(), "HOST_TTL": "3"}) for h in two_hosts]
     for agent in agents:  # one image, cloned: the same host-id file in both state directories
         Path(agent.state_dir).mkdir(parents=True)
         Path(agent.state_dir, "host-id").write_text(CLONED_ID + "\n")
@@ -123,23 +150,25 @@ def test_a_cloned_host_id_is_refused_until_its_owner_is_gone(clean: SecuredEtcd,
     store = agent_store(clean)
     try:
         first.start()
-        eventually(lambda: [h.address for h in store.list_hosts()] == ["10.98.0.1"], 10, "first registered")
+        eventually(lambda: [h.address for h in store.list_hosts()] == [FIRST_ADDRESS], 10, "first registered")
         clone.start()  # Activate answers: Docker must be able to load the plugin to show the error
         status, message = refusal(clone)
         assert status == 409
-        assert f"host id {CLONED_ID} is already registered, alive, by another host at 10.98.0.1" in message
+        assert f"host id {CLONED_ID} is already registered, alive, by another host at {FIRST_ADDRESS}" in (
+            message
+        )
         assert "cloned" in message and "remove STATE_DIR/host-id" in message
         assert "restart the agent" in message
-        assert [h.address for h in store.list_hosts()] == ["10.98.0.1"]  # never overwritten
+        assert [h.address for h in store.list_hosts()] == [FIRST_ADDRESS]  # never overwritten
         assert "ERROR" in clone.log.read_text() and "cloned" in clone.log.read_text()
         create_network(first.client)  # the first keeps working
 
         first.stop(signal.SIGKILL)  # its record outlives it by HOST_TTL, then the clone takes the id
         eventually(lambda: refusal(clone)[0] == 200, 20, "the clone serving once the record expired")
-        eventually(lambda: [h.address for h in store.list_hosts()] == ["10.96.0.1"], 5, "clone registered")
+        eventually(lambda: [h.address for h in store.list_hosts()] == [SECOND_ADDRESS], 5, "clone registered")
 
         first.start()  # back with the id the clone now holds: this time the first is refused
-        assert refusal(first)[0] == 409 and "10.96.0.1" in refusal(first)[1]
+        assert refusal(first)[0] == 409 and SECOND_ADDRESS in refusal(first)[1]
         first.stop()
         Path(first.state_dir, "host-id").unlink()  # the fix the message gives
         first.start()
@@ -149,6 +178,5 @@ def test_a_cloned_host_id_is_refused_until_its_owner_is_gone(clean: SecuredEtcd,
         store.close()
         for agent in agents:
             agent.stop()
-            print(agent.log.read_text()[-3000:])
-        for host in hosts:
-            host.close()
+            if agent.log.exists():
+                print(agent.log.read_text()[-3000:])
