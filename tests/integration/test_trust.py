@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from kvstore import Endpoint, Store, open_store
-from tests.etcd_server import EtcdServer, SecuredEtcd, secured_etcd
+from tests.etcd_server import SecuredEtcd, secured_etcd
 
-from .conftest import ETCD_ADDRESS, PYOVERLAY, AgentProcess, NetnsHost
+from .conftest import PYOVERLAY, AgentProcess, NetnsHost, ip
 from .test_api import create_endpoint, create_network
 
 pytestmark = pytest.mark.faults
@@ -25,17 +25,25 @@ CLONED_ID = "c10ed0000000cafe"
 # Underlays of their own (NetnsHost's default is 10.98.0.0/24): these tests share no route with others.
 FIRST, SECOND, LONE = 95, 96, 94
 FIRST_ADDRESS, SECOND_ADDRESS = f"10.{FIRST}.0.1", f"10.{SECOND}.0.1"  # the agents' VTEPs
+SECURED_ADDRESS = "10.93.0.1"  # the secured etcd's, beside conftest's ETCD_ADDRESS (not shared either)
 REMOTE_VTEP = "192.0.2.50"
 
 
 @pytest.fixture(scope="module")
-def secured(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredEtcd]:
-    """On ETCD_ADDRESS (which etcd_server puts on lo), where the agents' namespaces reach it."""
-    server = secured_etcd(tmp_path_factory.mktemp("secured"), host=ETCD_ADDRESS)
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredEtcd]:
+    """On an address of its own on the root namespace's lo, routed from every test namespace."""
+    subprocess.run(
+        ["ip", "addr", "del", f"{SECURED_ADDRESS}/32", "dev", "lo"], capture_output=True, check=False
+    )
+    ip("addr", "add", f"{SECURED_ADDRESS}/32", "dev", "lo")
     try:
-        yield server
+        server = secured_etcd(tmp_path_factory.mktemp("secured"), host=SECURED_ADDRESS)
+        try:
+            yield server
+        finally:
+            server.close()
     finally:
-        server.close()
+        ip("addr", "del", f"{SECURED_ADDRESS}/32", "dev", "lo")
 
 
 @pytest.fixture
