@@ -15,7 +15,7 @@ from tests.plugin_client import PluginClient
 
 from .conftest import AgentProcess, NetnsHost
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 NOBODY = 65534
 # Plain /usr/bin/python3 and the socket module only: nobody may not read the test's venv.

@@ -19,7 +19,7 @@ from tests.etcd_server import SecuredEtcd, secured_etcd
 from .conftest import PYOVERLAY, AgentProcess, NetnsHost, ip
 from .test_api import create_endpoint, create_network
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 CLONED_ID = "c10ed0000000cafe"
 # Underlays of their own (NetnsHost's default is 10.98.0.0/24): these tests share no route with others.
