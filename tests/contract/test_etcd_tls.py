@@ -17,6 +17,9 @@ from kvstore.kv_etcd import EtcdKV
 from tests.etcd_server import AGENT_PREFIX, SecuredEtcd
 from tests.watching import Collector
 
+pytestmark = pytest.mark.faults  # the security cases of the fault matrix (issue 12)
+
+
 T = TypeVar("T")
 OUTSIDE = "/elsewhere/secret"  # what another tenant of the etcd keeps
 BESIDE = "/pyoverlay-not-ours/key"  # shares the prefix's first characters, not the prefix itself

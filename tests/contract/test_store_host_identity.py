@@ -9,6 +9,8 @@ import pytest
 
 from kvstore import Host, IdentityConflict, Store
 
+pytestmark = pytest.mark.faults  # the security cases of the fault matrix (issue 12)
+
 
 def _addresses(store: Store) -> dict[str, str]:
     return {h.host_id: h.address for h in store.list_hosts()}
