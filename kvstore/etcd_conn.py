@@ -5,6 +5,7 @@ to StoreUnavailable (or Compacted). Knows nothing about pyoverlay's keys; kv_etc
 from __future__ import annotations
 
 import os
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -63,6 +64,8 @@ class EtcdConnection:
     ) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoint given")
+        if (cert_cert is None) != (cert_key is None):  # grpc aborts the whole process on half a pair
+            raise ValueError("an etcd client certificate and its key go together: give both or neither")
         self._members = [_Member(u.strip()) for u in endpoints]
         self._tls = (ca_cert, cert_key, cert_cert)
         self.timeout = timeout
@@ -92,7 +95,23 @@ class EtcdConnection:
 
     def _credentials(self) -> grpc.ChannelCredentials:
         ca, key, cert = (self._read_file(p) for p in self._tls)
+        _check_pem(*self._tls)
         return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+    def _tls_cause(self, details: str) -> str | None:
+        """What a failed TLS handshake means, in the operator's terms (grpc only says "Unwrap failed")."""
+        ca, key, cert = self._tls
+        if "CERTIFICATE_VERIFY_FAILED" in details or "Peer name" in details:
+            trusted = f"the CA in {ca}" if ca else "the system's CAs (no etcd CA certificate is set)"
+            return f"TLS: etcd's server certificate is not signed by {trusted}, or does not name this address"
+        if any(sign in details for sign in _CLIENT_CERT_REFUSED):
+            if cert is None:
+                return "TLS: etcd requires a client certificate (--client-cert-auth) and none is set"
+            return (
+                f"TLS: etcd refused the client certificate {cert}: not signed by a CA etcd trusts "
+                "(its --trusted-ca-file), or expired"
+            )
+        return None
 
     @staticmethod
     def _read_file(path: str | None) -> bytes | None:
@@ -116,10 +135,17 @@ class EtcdConnection:
             except RevisionCompactedError as exc:
                 raise Compacted(f"revision {exc.compacted_revision} and older are compacted") from exc
             except (Etcd3Exception, grpc.RpcError) as exc:
+                why = describe(exc)
                 if not _is_connection_error(exc):  # etcd answered no: another member would say the same
-                    why = describe(exc)
+                    if "PERMISSION_DENIED" in why:
+                        why += (
+                            f" (the etcd user named by the client certificate's CN needs readwrite on "
+                            f"the prefix {_PREFIX} only: docs/install.md)"
+                        )
                     raise StoreUnavailable(f"etcd at {member.url} refused the request: {why}") from exc
-                failures.append((member.url, describe(exc)))
+                if member.secure:
+                    why = self._tls_cause(why) or why
+                failures.append((member.url, why))
                 self._current = (index + 1) % len(self._members)
         if len(failures) == 1:
             raise StoreUnavailable(f"etcd at {failures[0][0]} is unreachable: {failures[0][1]}")
@@ -132,6 +158,33 @@ class EtcdConnection:
                 if member.client is not None:
                     member.client.close()
                     member.client = None
+
+
+_PREFIX = "/pyoverlay/"  # every key pyoverlay reads or writes (keys.py), for the operator's hint
+# How grpc reports a handshake the server ended with an alert about our certificate: TLS 1.3 sends the
+# alert after the client finished, so grpc sees only a record it cannot decrypt.
+_CLIENT_CERT_REFUSED = ("TSI_DATA_CORRUPTED", "Unwrap failed", "BAD_CERTIFICATE", "CERTIFICATE_REQUIRED")
+
+
+def _check_pem(ca: str | None, key: str | None, cert: str | None) -> None:
+    """Refuse unreadable PEM files, or a key that is not the certificate's, naming the file: grpc
+    reports all of these only as "Failed to create security handshaker"."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if ca is not None:
+            context.load_verify_locations(cafile=ca)
+    except ssl.SSLError as exc:
+        raise StoreUnavailable(
+            f"etcd CA certificate {ca} is not a PEM certificate: {exc.reason or exc}"
+        ) from exc
+    try:
+        if cert is not None:
+            context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise StoreUnavailable(
+            f"etcd client certificate {cert} and key {key} are not a PEM certificate and its own key: "
+            f"{exc.reason or exc}"
+        ) from exc
 
 
 _CONNECTION_CODES = {

@@ -28,6 +28,10 @@ class Conflict(StoreError):
     """The request contradicts what the store holds (overlapping pool, address taken, …)."""
 
 
+class IdentityConflict(Conflict):
+    """This host's id is registered, alive, by a host at another address: a cloned state directory."""
+
+
 class Exhausted(StoreError):
     """No free pool, address or VNI is left."""
 

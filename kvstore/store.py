@@ -35,12 +35,22 @@ from .keys import (
     segment,
 )
 from .kv import Change, Delete, Item, KeyValue, Put, Watch, same_incarnation, unchanged
-from .model import Endpoint, Event, Host, Network, NotFound
+from .model import Endpoint, Event, Host, IdentityConflict, Network, NotFound
 from .networks import NetworkPolicy
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[list[Event] | Exception], None]
+
+
+def _cloned_message(host: Host, other: Host) -> str:
+    seen = f"{other.address} ({other.hostname})" if other.hostname else other.address
+    return (
+        f"host id {host.host_id} is already registered, alive, by another host at {seen}, and this host "
+        f"is {host.address}: its state directory was probably cloned from the same image (the host-id file "
+        f"is copied with it). On the clone, remove STATE_DIR/host-id (/var/lib/pyoverlay/host-id by "
+        f"default) and restart the agent: it then makes an id of its own"
+    )
 
 
 class Store(NetworkPolicy):
@@ -54,14 +64,27 @@ class Store(NetworkPolicy):
 
     # -- hosts --------------------------------------------------------------------------------------
     def register_host(self, host: Host, ttl: int = 30) -> None:
-        """Record this host as alive under a lease of ``ttl`` seconds; call again to refresh."""
+        """Record this host as alive under a lease of ``ttl`` seconds; call again to refresh. Raises
+        IdentityConflict (and writes nothing) while the host id is registered, alive, at another address
+        under a lease this store did not grant: two hosts cloned from one state directory share the id.
+        The same address is the same machine (an agent restarted before its old lease ran out)."""
         key = HOSTS + segment(host.host_id, "host id")
         with self._lease_lock:
             lease = self._leases.get(host.host_id)
             if lease is None or lease[1] != ttl or not self._kv.keepalive(lease[0]):
                 lease = (self._kv.grant(ttl), ttl)  # first call, or the old lease expired
                 self._leases[host.host_id] = lease
-            self._kv.txn([], [Put(key, dump(host), lease=lease[0])])
+
+            def attempt(_: int) -> None:
+                [current] = self._kv.get(key)
+                if current is not None and current.lease != lease[0]:
+                    other = Host.from_json(load(current))
+                    if other.address != host.address:
+                        raise IdentityConflict(_cloned_message(host, other))
+                # Compare what was read: of two clones starting at the same instant only one wins.
+                return self._txn([unchanged(key, current)], [Put(key, dump(host), lease=lease[0])])
+
+            self._retry("registering the host", attempt)
 
     def list_hosts(self) -> list[Host]:
         """Hosts whose registration is alive."""

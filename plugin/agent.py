@@ -7,14 +7,16 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from driver import Dataplane, DataplaneError
 from driver.service_address import ensure_service_address
 from driver.underlay import default_route_address, mtu_for_address
-from kvstore import Host, Network, Store, StoreError, open_store
+from kvstore import Host, IdentityConflict, Network, Store, StoreError, open_store
 
 from .docker_sync import DockerSync
+from .errors import IdentityRefused
 from .event_loop import EventLoop
 from .nameservice.server import DnsServer
 from .nameservice.upstreams import Upstreams
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 DNS_PORT = 53  # Docker's `dns` setting takes addresses only
 DNS_RETRY = 2.0  # seconds between attempts to listen
+CLAIM_RETRY = 1.0  # seconds between registrations while the store has not answered yet
+FIRST_HEARTBEAT_WAIT = 15.0  # at most this long a request waits for the first registration's outcome
 
 
 def load_host_id(state_dir: str) -> str:
@@ -103,6 +107,12 @@ class Agent:
         self.network.on_change = self._network_changed
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._host = Host(host_id=self.host_id, address=self.vtep, hostname=socket.gethostname())
+        # The host id is ours once registered; until then, and while another host holds it (a cloned
+        # state directory), nothing writes under it: the loops wait and requests are refused.
+        self._claimed = False
+        self._first_heartbeat = threading.Event()  # set once the first registration ended, either way
+        self.refusal: str | None = None
 
     def _ensure_devices(self, network: Network) -> None:
         self.dataplane.ensure_network(
@@ -125,13 +135,11 @@ class Agent:
             self.underlay_mtu,
             "etcd " + ",".join(self.settings.etcd_endpoints) if self.settings.etcd_endpoints else "embedded",
         )
-        loops = (
-            ("event-loop", self.loop.run),
-            ("docker-sync", self.docker_sync.run),
-            ("heartbeat", self._heartbeat),
-        )
+        self._start_threads((("heartbeat", self._heartbeat),))
         if self.dns is not None:
-            loops += (("dns", self._serve_dns),)
+            self._start_threads((("dns", self._serve_dns),))
+
+    def _start_threads(self, loops: tuple[tuple[str, Callable[[threading.Event], None]], ...]) -> None:
         for name, target in loops:
             thread = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
             thread.start()
@@ -162,14 +170,45 @@ class Agent:
             self.dns.run(stop)
             return
 
+    def check_identity(self) -> None:
+        """Raise IdentityRefused while another host holds this host's id. A request that arrives before
+        the first registration ended waits for it (milliseconds; with etcd down, its timeout), so a
+        clone never writes first; a store that cannot say lets the request meet the store on its own."""
+        self._first_heartbeat.wait(FIRST_HEARTBEAT_WAIT)
+        if self.refusal is not None:
+            raise IdentityRefused(self.refusal)
+
+    def _register(self) -> None:
+        """One heartbeat. The event loop and Docker sync start on the first that succeeds: they write
+        under the host id (bindings, endpoints), which a clone must never do to another host's."""
+        try:
+            self.store.register_host(self._host, ttl=self.settings.host_ttl)
+        except IdentityConflict as exc:
+            if self.refusal is None:
+                log.error("refusing every request: %s", exc)
+            self.refusal = str(exc)
+            return
+        if self.refusal is not None:
+            log.warning("host id %s is free again (the other record expired): serving", self.host_id)
+            self.refusal = None
+        if not self._claimed:
+            self._claimed = True
+            self._start_threads((("event-loop", self.loop.run), ("docker-sync", self.docker_sync.run)))
+
     def _heartbeat(self, stop: threading.Event) -> None:
-        host = Host(host_id=self.host_id, address=self.vtep, hostname=socket.gethostname())
+        failures = 0
         while not stop.is_set():
             try:
-                self.store.register_host(host, ttl=self.settings.host_ttl)
+                self._register()
+                failures = 0
             except StoreError as exc:
-                log.warning("cannot register host: %s", exc)
-            stop.wait(self.settings.host_ttl / 3)
+                failures += 1  # before the first success it retries each second: say it once
+                log.log(logging.WARNING if self._claimed or failures == 1 else logging.DEBUG,
+                        "cannot register host: %s", exc)  # fmt: skip
+            finally:
+                self._first_heartbeat.set()
+            # Quickly until the store first answers, so the loops start as soon as it does.
+            stop.wait(self.settings.host_ttl / 3 if self._claimed or self.refusal else CLAIM_RETRY)
 
     def stop(self) -> None:
         self._stop.set()

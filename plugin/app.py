@@ -105,13 +105,36 @@ def _answer_error(exc: Exception) -> Response:
 TIMINGS_PATH = "/pyoverlay.Timings"  # private: not a Docker plugin call, Docker never sends it
 
 
-def create_app(network: NetworkService, ipam: IpamService, timings: RequestTimings | None = None) -> Flask:
-    """The Flask app for one agent; no global state."""
+# Answered even while the host's identity is refused: fixed answers Docker needs to load the plugin.
+IDENTITY_FREE = {
+    "/Plugin.Activate",
+    "/NetworkDriver.GetCapabilities",
+    "/IpamDriver.GetCapabilities",
+    "/IpamDriver.GetDefaultAddressSpaces",
+    TIMINGS_PATH,
+}
+
+
+def create_app(
+    network: NetworkService,
+    ipam: IpamService,
+    timings: RequestTimings | None = None,
+    check_identity: Callable[[], None] | None = None,
+) -> Flask:
+    """The Flask app for one agent; no global state. ``check_identity`` raises to refuse a request
+    (Agent.check_identity: a cloned host id)."""
     app = Flask("pyoverlay")
     app.url_map.merge_slashes = (
         False  # "//Plugin.Activate" would get a redirect, which is no answer to Docker
     )
     app.register_error_handler(Exception, _answer_error)
+    if check_identity is not None:
+
+        @app.before_request
+        def refuse_while_identity_is_taken() -> None:
+            if request.path not in IDENTITY_FREE:
+                check_identity()
+
     timings = timings if timings is not None else RequestTimings()
 
     def route(path: str, call: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:

@@ -23,6 +23,11 @@ class ConflictError(PluginError):
     status = 409
 
 
+class IdentityRefused(ConflictError):
+    """Another host holds this host's id in the store (a cloned state directory): every request is
+    refused with the cause and the fix until the id is ours again."""
+
+
 class StoreDown(PluginError):
     status = 503
 

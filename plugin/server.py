@@ -49,7 +49,7 @@ class AgentServer(BaseApplication):
 
         logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug output is every netlink message
         self.agent = Agent(self.settings)
-        return create_app(self.agent.network, self.agent.ipam)
+        return create_app(self.agent.network, self.agent.ipam, check_identity=self.agent.check_identity)
 
     def _post_worker_init(self, worker: Any) -> None:
         worker.app.agent.start()

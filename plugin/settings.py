@@ -141,6 +141,8 @@ def _validate(raw: dict[str, str]) -> Settings:
         raise SystemExit(f"pyoverlay: NETNS_DIR must be an absolute path, got {settings.netns_dir!r}")
     if not 1 <= settings.vxlan_port <= 65535:
         raise SystemExit("pyoverlay: VXLAN_PORT must be between 1 and 65535")
+    if bool(settings.etcd_cert) != bool(settings.etcd_key):
+        raise SystemExit("pyoverlay: ETCD_CERT and ETCD_KEY go together (a client certificate and its key)")
     if settings.host_ttl < 3:
         raise SystemExit("pyoverlay: HOST_TTL must be at least 3 seconds")
     if not 1 <= settings.resync_interval <= 3600:

@@ -11,7 +11,7 @@ from kvstore import Store
 from kvstore.etcd_conn import EtcdConnection
 from kvstore.kv_etcd import EtcdKV
 from kvstore.kv_sqlite import SqliteKV
-from tests.etcd_server import EtcdServer, etcd_available
+from tests.etcd_server import EtcdServer, SecuredEtcd, etcd_available, secured_etcd
 
 StoreFactory = Callable[[], Store]
 
@@ -33,6 +33,17 @@ def etcd_server() -> Iterator[EtcdServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def tls_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredEtcd]:
+    """One etcd with client certificates and auth on; its agents' user reaches /pyoverlay/ only."""
+    require_etcd()
+    secured = secured_etcd(tmp_path_factory.mktemp("tls-etcd"))
+    try:
+        yield secured
+    finally:
+        secured.close()
+
+
 @pytest.fixture
 def fresh_etcd() -> Iterator[EtcdServer]:
     """An etcd of the test's own, for tests that kill or restart it."""
@@ -49,16 +60,22 @@ class _SharedMemoryStore(Store):
         pass
 
 
-@pytest.fixture(params=["sqlite", "memory", "etcd"])
+@pytest.fixture(params=["sqlite", "memory", "etcd", "etcd-mtls"])
 def make_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[StoreFactory]:
-    """Opens another store on the same state: a second host, or the same host after a restart."""
+    """Opens another store on the same state: a second host, or the same host after a restart.
+    "etcd-mtls" is etcd as docs/install.md sets it up: the store as the agents' least-privilege user."""
     opened: list[Store] = []
-    if request.param == "etcd":
-        server: EtcdServer = request.getfixturevalue("etcd_server")
+    if request.param.startswith("etcd"):
+        tls: dict[str, str] = {}
+        if request.param == "etcd-mtls":
+            secured: SecuredEtcd = request.getfixturevalue("tls_etcd")
+            server, tls = secured.server, secured.store_tls()
+        else:
+            server = request.getfixturevalue("etcd_server")
         server.etcdctl("del", "--prefix", "/pyoverlay/")
 
         def factory() -> Store:
-            opened.append(Store(EtcdKV(EtcdConnection([server.endpoint]))))
+            opened.append(Store(EtcdKV(EtcdConnection([server.endpoint], **tls))))
             return opened[-1]
 
     elif request.param == "memory":

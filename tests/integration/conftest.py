@@ -30,9 +30,10 @@ ETCD_ADDRESS = "10.97.0.1"  # on the root namespace's lo, routed from every test
 class NetnsHost:
     """A namespace whose 'underlay' is a veth to the root namespace, holding the default route."""
 
-    def __init__(self, workdir: Path, mtu: int = 1500) -> None:
+    def __init__(self, workdir: Path, mtu: int = 1500, subnet: int = 98) -> None:
+        """``subnet``: its underlay is 10.<subnet>.0.0/24, so that two hosts can run at once."""
         self.name = f"pyo-it-{uuid.uuid4().hex[:6]}"
-        self.address = "10.98.0.1"
+        self.address = f"10.{subnet}.0.1"
         self.workdir = workdir
         # where its agent mounts each network's namespace: its own, as a real host's /run/netns is
         self.netns_dir = f"/run/pyoverlay-it/{self.name}"
@@ -41,12 +42,12 @@ class NetnsHost:
         ip("netns", "add", self.name)
         ip("-n", self.name, "link", "set", "lo", "up")
         ip("link", "add", uplink, "mtu", str(mtu), "type", "veth", "peer", "name", "ul0", "netns", self.name)
-        ip("addr", "add", "10.98.0.254/24", "dev", uplink)
+        ip("addr", "add", f"10.{subnet}.0.254/24", "dev", uplink)
         ip("link", "set", uplink, "up")
         ip("-n", self.name, "link", "set", "ul0", "mtu", str(mtu))
         ip("-n", self.name, "addr", "add", f"{self.address}/24", "dev", "ul0")
         ip("-n", self.name, "link", "set", "ul0", "up")
-        ip("-n", self.name, "route", "add", "default", "via", "10.98.0.254")
+        ip("-n", self.name, "route", "add", "default", "via", f"10.{subnet}.0.254")
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -96,9 +97,10 @@ class NetnsHost:
 
 
 class AgentProcess:
-    def __init__(self, host: NetnsHost, etcd: str = "") -> None:
+    def __init__(self, host: NetnsHost, etcd: str = "", env: dict[str, str] | None = None) -> None:
         self.host = host
         self.etcd = etcd
+        self.env = env or {}  # more settings (ETCD_CA_CERT, HOST_TTL, …)
         self.socket = str(host.workdir / "pyoverlay.sock")
         self.state_dir = str(host.workdir / "state")
         self.log = host.workdir / "agent.log"
@@ -113,6 +115,7 @@ class AgentProcess:
             "ETCD_ENDPOINTS": self.etcd,
             "LOG_LEVEL": "debug",
             "NETNS_DIR": self.host.netns_dir,
+            **self.env,
         }
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

@@ -32,6 +32,7 @@ def test_env_and_flags_mean_the_same_and_flags_win():
         {"DNS_UPSTREAMS": "10.0.0.1,resolver"},
         {"DEFAULT_POOL": "10.0.0.0/16", "DEFAULT_POOL_SIZE": "8"},
         {"HOST_TTL": "0"},
+        {"ETCD_CERT": "/etc/pyoverlay/agent.pem"},
         {"WORKERS_THREADS": "0"},
         {"LOG_LEVEL": "chatty"},
     ],
