@@ -16,7 +16,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PERMANENT
 
-from . import announce, firewall, peer_entries
+from . import announce, firewall, peer_entries, vtep_filter
 from .errors import DataplaneError
 from .links import (
     create_veth,
@@ -96,6 +96,7 @@ class Dataplane:
         self._repeater = announce.Repeater()
         # network-level changes (devices shared by all endpoints, namespaces) go one at a time
         self._network_lock = threading.Lock()
+        self.vteps = vtep_filter.VtepFilter(None if netns is None else f"{NETNS_DIR}/{netns}")
 
     # -- plumbing ---------------------------------------------------------------------------------
 

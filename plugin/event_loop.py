@@ -20,13 +20,13 @@ from typing import Any
 
 from driver import Dataplane, DataplaneError
 from driver.peers import Peer, desired_state, diff
-from kvstore import HOST_KIND, Endpoint, Event, Network, NotFound, Store, StoreError
+from kvstore import HOST_KIND, Endpoint, Event, Host, Network, NotFound, Store, StoreError
 
 from .nameservice.index import NameIndex
 
 log = logging.getLogger(__name__)
 
-NETWORKS, BINDINGS, ENDPOINTS = "networks", "bindings", "endpoints/"  # scopes; ENDPOINTS + network id
+NETWORKS, BINDINGS, HOSTS, ENDPOINTS = "networks", "bindings", "hosts", "endpoints/"  # ENDPOINTS + network id
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
 
 
@@ -76,6 +76,7 @@ class EventLoop:
         ensure_devices: Callable[[Network], None],
         on_network_event: Callable[[str, Network | None], None] = lambda network_id, network: None,
         resync_interval: float = 30.0,
+        vxlan_port: int = 4789,
     ) -> None:
         self.store = store
         self.dataplane = dataplane
@@ -83,6 +84,9 @@ class EventLoop:
         self.ensure_devices = ensure_devices  # builds bridge + VXLAN of a network bound here
         self.on_network_event = on_network_event  # the Docker side follows networks made or removed elsewhere
         self.resync_interval = resync_interval
+        self.vxlan_port = vxlan_port
+        self.hosts: dict[str, str] = {}  # host_id -> VTEP address, every registered host
+        self._vteps: set[str] | None = None  # as last programmed (None: no filter, or unknown)
         self.networks: dict[str, Network] = {}
         self.bindings: dict[str, str] = {}  # docker_network_id -> network_id
         self.endpoints: dict[str, dict[str, Endpoint]] = {}  # network_id -> endpoints, bound networks only
@@ -135,7 +139,8 @@ class EventLoop:
 
     def relist(self) -> None:
         """List every scope this host needs, program the kernel, and start the watches."""
-        self._broken = {NETWORKS, BINDINGS}
+        self._broken = {NETWORKS, BINDINGS, HOSTS}
+        self._vteps = None  # the kernel's filter may be a previous run's: program it once in full
         self.repair()
         self.collect_devices()
         self.collect_retired_veths()
@@ -167,6 +172,7 @@ class EventLoop:
                 self.sync(network_id, ensure=True)
             self.collect_devices()
             self.collect_retired_veths()
+            self.guard_vteps(force=True)
         elif kind == "watch":
             generation, batch = payload
             current = self._watches.get(scope)
@@ -206,6 +212,11 @@ class EventLoop:
                 self.bindings = bindings
             self._watch(scope, lambda sink: self.store.watch_bindings(self.host_id, revision + 1, sink))
             self._follow_bindings()
+        elif scope == HOSTS:
+            hosts, revision = self.store.hosts_at()
+            self.hosts = {h.host_id: h.address for h in hosts}
+            self._watch(scope, lambda sink: self.store.watch_hosts(revision + 1, sink))
+            self.guard_vteps()
         elif scope[len(ENDPOINTS) :] in self.endpoints:  # still bound
             network_id = scope[len(ENDPOINTS) :]
             endpoints, revision = self.store.endpoints_at(network_id)
@@ -214,6 +225,7 @@ class EventLoop:
             self._index_names(network_id)
             self._watch(scope, lambda sink: self.store.watch_endpoints(network_id, revision + 1, sink))
             self.sync(network_id, ensure=True)
+            self.guard_vteps()
 
     def _watch(self, scope: str, start: Callable[[Callable[[Any], None]], Any]) -> None:
         self._stop_watch(scope)
@@ -251,8 +263,17 @@ class EventLoop:
         self.names.drop(network_id)
         self._host_addresses.pop(network_id, None)  # goes with the bridge
         self.collect_devices()
+        self.guard_vteps()
 
     def _apply(self, scope: str, events: list[Event]) -> None:
+        if scope == HOSTS:
+            for event in events:
+                if isinstance(event.record, Host):
+                    self.hosts[event.key_id] = event.record.address
+                else:
+                    self.hosts.pop(event.key_id, None)
+            self.guard_vteps()
+            return
         announce: dict[str, Endpoint] = {}  # remote endpoints that appeared or changed IP or MAC
         programmed = False  # whether an event touches what sync programs (remote peers, an exposure)
         with self._view_lock:
@@ -293,6 +314,7 @@ class EventLoop:
             self._index_names(scope[len(ENDPOINTS) :])
             if programmed:  # this host's own containers' endpoints are veths: nothing for sync to do
                 self.sync(scope[len(ENDPOINTS) :])  # at once: convergence time is what users feel
+                self.guard_vteps()
             self._announce(scope[len(ENDPOINTS) :], announce.values())
 
     def _index_names(self, network_id: str) -> None:
@@ -354,6 +376,30 @@ class EventLoop:
             return
         if retired:
             log.info("deleted %d retired veths left by an earlier run: %s", len(retired), " ".join(retired))
+
+    def guard_vteps(self, force: bool = False) -> None:
+        """Accept VXLAN only from registered hosts and the hosts of remote endpoints here (a host whose
+        lease lapsed in a partition keeps its endpoints, and its traffic, until it is forgotten); with no
+        network bound here there is no VXLAN socket, and no filter. Programmed when the set changes, and
+        in full on force (resync: drift); a failure is logged and retried at the next change."""
+        if not self.endpoints:
+            wanted = None
+        else:
+            remote = {
+                e.vtep for eps in self.endpoints.values() for e in eps.values() if e.host_id != self.host_id
+            }
+            wanted = set(self.hosts.values()) | remote
+        if not force and wanted == self._vteps:
+            return
+        try:
+            if wanted is None:
+                self.dataplane.vteps.remove()
+            else:
+                self.dataplane.vteps.allow(wanted, self.vxlan_port)
+            self._vteps = wanted
+        except DataplaneError as exc:
+            self._vteps = set()  # differs from any wanted set: the next change tries again
+            log.warning("VXLAN source filter: %s", exc)
 
     def sync(self, network_id: str, ensure: bool = False) -> None:
         """Program the network's remote peers and this host's own address on it (pyoverlay expose); a

@@ -22,6 +22,7 @@ class MemoryDataplane:
         self.announced: list[tuple[int, str, str]] = []  # (vni, ip, mac) of every announce, in order
         self.fail_vnis: set[int] = set()  # ensure_network on these raises, as a kernel error would
         self._lock = threading.Lock()
+        self.vteps = MemoryVteps()
 
     def ensure_network(self, vni: int, mtu: int, local_ip: str, port: int = 4789) -> None:
         check_vni(vni)
@@ -129,3 +130,21 @@ class MemoryDataplane:
                 neigh=(state.neigh - changes.del_neigh) | changes.add_neigh,
             )
         return []
+
+
+class MemoryVteps:
+    """driver.vtep_filter.VtepFilter, recorded: the allowed addresses (None: no filter) and the port."""
+
+    def __init__(self) -> None:
+        self.addresses: set[str] | None = None
+        self.port: int | None = None
+
+    def allow(self, addresses: set[str], port: int) -> None:
+        self.addresses, self.port = set(addresses), port
+
+    def remove(self) -> bool:
+        had, self.addresses, self.port = self.addresses is not None, None, None
+        return had
+
+    def allowed(self) -> set[str] | None:
+        return None if self.addresses is None else set(self.addresses)
