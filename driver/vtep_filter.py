@@ -17,106 +17,84 @@ Programmed through pyroute2's nftables netlink messages: no `nft` binary, no for
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
-import os
 import socket
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nftsocket import (
-    NFT_MSG_DELTABLE,
-    NFT_MSG_NEWSET,
-    Cmp,
-    Regs,
+    nft_chain_msg,
+    nft_rule_msg,
+    nft_set_elem_list_msg,
     nft_set_msg,
     nft_table_msg,
 )
-from pyroute2.nftables.expressions import genex, verdict
-from pyroute2.nftables.main import NFTables, NFTSet
+from pyroute2.nftables.main import NFTSet
 
+from . import nft
 from .errors import DataplaneError
 
 TABLE = "pyoverlay"
 SET = "vteps"
 CHAIN_PREFIX = "vxlan-in-"  # + the port: a changed VXLAN_PORT setting makes a new chain
-_META_L4PROTO = 16  # NFT_META_L4PROTO
-_PAYLOAD_NETWORK, _PAYLOAD_TRANSPORT = 1, 2
-_NF_DROP = 0
 _PRIORITY_RAW = -300
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+_HOOK_INPUT = 1
 
 
 def chain_name(port: int) -> str:
     return f"{CHAIN_PREFIX}{port}"
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+def _nftables(netns: str | None) -> Any:
+    return nft.nftables(netns, nft.INET, f"nftables table {TABLE}")
 
 
-@contextmanager
-def _nftables(netns: str | None) -> Iterator[NFTables]:
-    """An nftables socket in netns (a path; None: this thread's). The socket belongs to the namespace it
-    was opened in: this thread enters netns just to open it, which costs no fork (pyroute2's way)."""
-    try:
-        if netns is None:
-            nft = NFTables(nfgen_family=socket.AF_INET)
-        else:
-            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-            try:
-                target = os.open(netns, os.O_RDONLY)
-                try:
-                    _setns(target)
-                    try:
-                        nft = NFTables(nfgen_family=socket.AF_INET)
-                    finally:
-                        _setns(own)
-                finally:
-                    os.close(target)
-            finally:
-                os.close(own)
-    except OSError as exc:
-        raise DataplaneError(
-            f"nftables table {TABLE}: open socket in {netns or 'this netns'}: {exc}"
-        ) from exc
-    try:
-        yield nft
-    finally:
-        nft.close()
-
-
-def _rule(port: int) -> tuple[list[Any], ...]:
+def _rule(port: int) -> list[Any]:
     """udp dport <port> ip saddr != @vteps counter drop"""
-
-    def load(base: int, offset: int, length: int) -> list[Any]:
-        args = {"dreg": Regs.NFT_REG_1, "base": base, "offset": offset, "len": length}
-        return [genex("payload", args)]
-
-    def equals(data: bytes) -> list[Any]:
-        value = {"attrs": [("NFTA_DATA_VALUE", data)]}
-        return [genex("cmp", {"sreg": Regs.NFT_REG_1, "op": Cmp.NFT_CMP_EQ, "data": value})]
-
-    return (
-        [genex("meta", {"key": _META_L4PROTO, "dreg": Regs.NFT_REG_1})],
-        equals(bytes([socket.IPPROTO_UDP])),
-        load(_PAYLOAD_TRANSPORT, 2, 2),
-        equals(struct.pack("!H", port)),
-        load(_PAYLOAD_NETWORK, 12, 4),
-        [genex("lookup", {"set": SET, "sreg": Regs.NFT_REG_1, "flags": {"NFT_LOOKUP_F_INV"}})],
-        [genex("counter", {})],
-        verdict(_NF_DROP),
-    )
+    return [
+        *nft.meta(nft.META_L4PROTO),
+        *nft.cmp(bytes([socket.IPPROTO_UDP])),
+        *nft.match(nft.TRANSPORT, 2, struct.pack("!H", port)),
+        *nft.payload(nft.NETWORK, 12, 4),
+        *nft.lookup(SET, inverted=True),
+        *nft.counter(),
+        *nft.verdict(nft.DROP),
+    ]
 
 
-def _names(messages: list[Any], attr: str, table_attr: str | None = None) -> set[str]:
-    return {m.get_attr(attr) for m in messages if table_attr is None or m.get_attr(table_attr) == TABLE}
+def _create(port: int, allowed: set[str]) -> list[Any]:
+    """The whole table in one transaction: never a rule without its set, or a set without its elements."""
+    f = nft.INET
+    chain = chain_name(port)
+    hook = {"attrs": [("NFTA_HOOK_HOOKNUM", _HOOK_INPUT), ("NFTA_HOOK_PRIORITY", _PRIORITY_RAW)]}
+    spec = NFTSet(table=TABLE, name=SET, key_type="ipv4_addr")
+    messages = [
+        nft.message(nft_table_msg, nft.NEWTABLE, f, [("NFTA_TABLE_NAME", TABLE)], create=True),
+        nft.message(nft_set_msg, nft.NEWSET, f, list(spec.as_netlink().items()), create=True),
+        nft.message(
+            nft_chain_msg, nft.NEWCHAIN, f,
+            [("NFTA_CHAIN_TABLE", TABLE), ("NFTA_CHAIN_NAME", chain), ("NFTA_CHAIN_HOOK", hook),
+             ("NFTA_CHAIN_TYPE", "filter")],
+            create=True,
+        ),
+        nft.message(
+            nft_rule_msg, nft.NEWRULE, f,
+            [("NFTA_RULE_TABLE", TABLE), ("NFTA_RULE_CHAIN", chain), ("NFTA_RULE_EXPRESSIONS", _rule(port))],
+            create=True,
+        ),
+    ]  # fmt: skip
+    if allowed:
+        messages.insert(2, _elements(nft.NEWSETELEM, allowed))
+    return messages
+
+
+def _elements(msg_type: int, addresses: set[str]) -> Any:
+    elements = [{"attrs": [("NFTA_SET_ELEM_KEY", {"attrs": [("NFTA_DATA_VALUE", socket.inet_aton(a))]})]}
+                for a in sorted(addresses)]  # fmt: skip
+    attrs = [("NFTA_SET_ELEM_LIST_TABLE", TABLE), ("NFTA_SET_ELEM_LIST_SET", SET),
+             ("NFTA_SET_ELEM_LIST_ELEMENTS", elements)]  # fmt: skip
+    return nft.message(nft_set_elem_list_msg, msg_type, nft.INET, attrs, create=msg_type == nft.NEWSETELEM)
 
 
 def _check(addresses: set[str]) -> set[str]:
@@ -126,43 +104,53 @@ def _check(addresses: set[str]) -> set[str]:
         raise DataplaneError(f"nftables set {TABLE} {SET}: {exc}") from exc
 
 
+def _tables(sock: Any) -> set[str]:
+    return {m.get_attr("NFTA_TABLE_NAME") for m in sock.get_tables()}
+
+
+def _present(sock: Any) -> set[str]:
+    return {e.value for e in sock.set_elems("get", set=NFTSet(table=TABLE, name=SET, key_type="ipv4_addr"))}
+
+
+def _delete_table() -> Any:
+    return nft.message(nft_table_msg, nft.DELTABLE, nft.INET, [("NFTA_TABLE_NAME", TABLE)])
+
+
 def ensure(netns: str | None, port: int, addresses: set[str]) -> None:
-    """The table with exactly ``addresses`` allowed to send to UDP ``port``; made, fixed or adopted."""
+    """The table with exactly ``addresses`` allowed to send to UDP ``port``; made, fixed or adopted, each
+    change one transaction."""
     allowed = _check(addresses)
-    spec = NFTSet(table=TABLE, name=SET, key_type="ipv4_addr")
-    operation = f"nftables table {TABLE}: allow VXLAN from {len(allowed)} VTEPs"
-    with _nftables(netns) as nft:
+    with _nftables(netns) as sock:
         try:
-            if TABLE in _names(nft.get_tables(), "NFTA_TABLE_NAME"):
-                chains = _names(nft.get_chains(), "NFTA_CHAIN_NAME", "NFTA_CHAIN_TABLE")
-                rules = [r for r in nft.get_rules() if r.get_attr("NFTA_RULE_TABLE") == TABLE]
-                if chains != {chain_name(port)} or len(rules) != 1:  # another port, or made halfway
-                    nft._command(nft_table_msg, {"del": NFT_MSG_DELTABLE}, "del", {"name": TABLE})
-            if TABLE not in _names(nft.get_tables(), "NFTA_TABLE_NAME"):
-                # the set and its elements first: the rule never meets an empty set (which drops all)
-                nft.table("add", name=TABLE)
-                nft._command(nft_set_msg, {"add": NFT_MSG_NEWSET}, "add", spec.as_netlink())
-                if allowed:
-                    nft.set_elems("add", set=spec, elements=allowed)
-                nft.chain("add", table=TABLE, name=chain_name(port), hook="input", priority=_PRIORITY_RAW)
-                nft.rule("add", table=TABLE, chain=chain_name(port), expressions=_rule(port))
-                return
-            present = {e.value for e in nft.set_elems("get", set=spec)}
-            if allowed - present:
-                nft.set_elems("add", set=spec, elements=allowed - present)
-            if present - allowed:
-                nft.set_elems("del", set=spec, elements=present - allowed)
+            messages = []
+            if TABLE in _tables(sock):
+                chains = nft.names(sock.get_chains(), "NFTA_CHAIN_NAME", "NFTA_CHAIN_TABLE", TABLE)
+                rules = [r for r in sock.get_rules() if r.get_attr("NFTA_RULE_TABLE") == TABLE]
+                if chains == {chain_name(port)} and len(rules) == 1:
+                    present = _present(sock)
+                    if allowed - present:
+                        messages.append(_elements(nft.NEWSETELEM, allowed - present))
+                    if present - allowed:
+                        messages.append(_elements(nft.DELSETELEM, present - allowed))
+                else:  # another port, or not ours as made: made anew, in the same transaction
+                    messages = [_delete_table(), *_create(port, allowed)]
+            else:
+                messages = _create(port, allowed)
+            if messages:
+                nft.commit(sock, messages)
         except (NetlinkError, OSError) as exc:
-            raise DataplaneError(f"{operation}: {exc}") from exc
+            raise DataplaneError(
+                f"nftables table {TABLE}: allow VXLAN from {len(allowed)} VTEPs: {exc}"
+            ) from exc
 
 
 def remove(netns: str | None) -> bool:
     """Delete the table; False if there was none."""
-    with _nftables(netns) as nft:
+    with _nftables(netns) as sock:
         try:
-            if TABLE not in _names(nft.get_tables(), "NFTA_TABLE_NAME"):
+            if TABLE not in _tables(sock):
                 return False
-            nft._command(nft_table_msg, {"del": NFT_MSG_DELTABLE}, "del", {"name": TABLE})
+            nft.commit(sock, [_delete_table()])
         except (NetlinkError, OSError) as exc:
             raise DataplaneError(f"nftables table {TABLE}: delete: {exc}") from exc
     return True
@@ -170,12 +158,9 @@ def remove(netns: str | None) -> bool:
 
 def allowed(netns: str | None) -> set[str] | None:
     """The addresses allowed now, or None without the table."""
-    with _nftables(netns) as nft:
+    with _nftables(netns) as sock:
         try:
-            if TABLE not in _names(nft.get_tables(), "NFTA_TABLE_NAME"):
-                return None
-            spec = NFTSet(table=TABLE, name=SET, key_type="ipv4_addr")
-            return {e.value for e in nft.set_elems("get", set=spec)}
+            return _present(sock) if TABLE in _tables(sock) else None
         except (NetlinkError, OSError) as exc:
             raise DataplaneError(f"nftables table {TABLE}: list {SET}: {exc}") from exc
 
