@@ -16,6 +16,9 @@ class MemoryDataplane:
         self.networks: dict[int, dict[str, object]] = {}  # vni -> settings
         self.endpoints: dict[str, tuple[int, str, int]] = {}  # endpoint id -> (vni, mac, mtu)
         self.peers: dict[int, PeerState] = {}
+        self.secured: dict[
+            str, tuple[str, tuple[str, ...]]
+        ] = {}  # endpoint id -> its port's (MAC, addresses)
         self.host_addresses: dict[int, tuple[str, str]] = {}  # vni -> (address CIDR, MAC): exposed here
         self.calls: list[tuple[str, object]] = []  # (method, main argument), in order
         self.peer_reads = 0  # read_peers calls: what the event loop costs the kernel
@@ -66,20 +69,25 @@ class MemoryDataplane:
         with self._lock:
             return vni in self.networks
 
-    def join_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
+    def join_endpoint(
+        self, vni: int, endpoint_id: str, mac: str, mtu: int, addresses: tuple[str, ...] = ()
+    ) -> str:
         with self._lock:
             if vni in self.networks and self.endpoints.get(endpoint_id) == (vni, mac, mtu):
                 self.calls.append(("join_endpoint", endpoint_id))
                 return f"poc{endpoint_id[:12]}"
-        return self.ensure_endpoint(vni, endpoint_id, mac, mtu)
+        return self.ensure_endpoint(vni, endpoint_id, mac, mtu, addresses)
 
-    def ensure_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
+    def ensure_endpoint(
+        self, vni: int, endpoint_id: str, mac: str, mtu: int, addresses: tuple[str, ...] = ()
+    ) -> str:
         veth_names(endpoint_id)  # ValueError for an id no veth can be named after, as in the kernel
         with self._lock:
             self.calls.append(("ensure_endpoint", endpoint_id))
             if vni not in self.networks:
                 raise DataplaneError(f"VNI {vni}: bridge not found")
             self.endpoints[endpoint_id] = (vni, mac, mtu)
+            self.secured[endpoint_id] = (mac, tuple(addresses))
         return f"poc{endpoint_id[:12]}"
 
     def delete_endpoint(self, endpoint_id: str, vni: int | None = None) -> None:
@@ -87,6 +95,7 @@ class MemoryDataplane:
         with self._lock:
             self.calls.append(("delete_endpoint", endpoint_id))
             self.endpoints.pop(endpoint_id, None)
+            self.secured.pop(endpoint_id, None)
 
     def settle(self, timeout: float | None = None) -> bool:
         return True  # deletions here are immediate: nothing is ever deferred
