@@ -31,6 +31,7 @@ import ipaddress
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_NOARP
 
 from . import nft
@@ -148,3 +149,15 @@ def release_port(netns: str, port: str) -> None:
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise DataplaneError(f"{port}: remove port security rules: {exc}") from exc
+
+
+def secured_ports(netns: str) -> set[str]:
+    """The ports that have a chain in the network's table (for audits and collect_ports)."""
+    with nft.nftables(netns, _F, f"nftables table bridge {TABLE}") as sock:
+        try:
+            chains = sock.get_chains()
+        except (NetlinkError, OSError) as exc:
+            raise DataplaneError(f"nftables table bridge {TABLE} in {netns}: list chains: {exc}") from exc
+    return {c.get_attr("NFTA_CHAIN_NAME") for c in chains if c.get_attr("NFTA_CHAIN_TABLE") == TABLE} - {
+        BASE_CHAIN
+    }
