@@ -376,6 +376,14 @@ class Dataplane:
         net = self._net(vni, "read peers")
         return peer_entries.read_entries(net, ifname, require_link(net, ifname, "read peers")["index"])
 
+    def secure_endpoints(self, vni: int, endpoints: dict[str, tuple[str, tuple[str, ...]]]) -> list[str]:
+        """Port security where it is missing for these local endpoints (id -> (MAC, addresses)), and none
+        left for ports that went (port_security.reconcile); one message per failure."""
+        net = self._net(vni, "secure ports")
+        ports = {veth_names(endpoint_id)[0]: value for endpoint_id, value in endpoints.items()}
+        bridge = require_link(net, bridge_name(vni), "secure ports")
+        return port_security.reconcile(net, self.network_netns(vni), bridge, ports)
+
     def apply_peers(self, vni: int, changes: PeerChanges) -> list[str]:
         """Apply changes to the network's VXLAN device; returns one message per entry that failed."""
         ifname = vxlan_name(vni)

@@ -36,7 +36,7 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_NOARP
 
 from . import nft
 from .errors import DataplaneError
-from .links import kernel_op
+from .links import find_link, kernel_op
 
 TABLE = "pyoverlay"
 MAP = "ports"
@@ -161,3 +161,23 @@ def secured_ports(netns: str) -> set[str]:
     return {c.get_attr("NFTA_CHAIN_NAME") for c in chains if c.get_attr("NFTA_CHAIN_TABLE") == TABLE} - {
         BASE_CHAIN
     }
+
+
+def reconcile(
+    net: IPRoute, netns: str, bridge: Any, wanted: dict[str, tuple[str, tuple[str, ...]]]
+) -> list[str]:
+    """Secure the ports in wanted (port name -> (MAC, addresses)) that exist without a chain (a network
+    made before port security, rules lost), and remove the chains of ports that are gone (an agent stopped
+    before its reaper ran); one message per failure."""
+    errors = []
+    present = secured_ports(netns)
+    for name in sorted(set(wanted) | present):
+        link = find_link(net, name)
+        try:
+            if link is None and name in present:
+                release_port(netns, name)
+            elif link is not None and name in wanted and name not in present:
+                secure_port(net, netns, link, bridge, *wanted[name])
+        except DataplaneError as exc:
+            errors.append(str(exc))
+    return errors

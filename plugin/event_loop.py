@@ -22,6 +22,7 @@ from driver import Dataplane, DataplaneError
 from driver.peers import Peer, desired_state, diff
 from kvstore import HOST_KIND, Endpoint, Event, Host, Network, NotFound, Store, StoreError
 
+from .guards import VtepGuard, allowed_vteps, own_ports
 from .nameservice.index import NameIndex
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,8 @@ class EventLoop:
         self.ensure_devices = ensure_devices  # builds bridge + VXLAN of a network bound here
         self.on_network_event = on_network_event  # the Docker side follows networks made or removed elsewhere
         self.resync_interval = resync_interval
-        self.vxlan_port = vxlan_port
         self.hosts: dict[str, str] = {}  # host_id -> VTEP address, every registered host
-        self._vteps: set[str] | None = None  # as last programmed (None: no filter, or unknown)
+        self.vtep_guard = VtepGuard(dataplane, vxlan_port)
         self.networks: dict[str, Network] = {}
         self.bindings: dict[str, str] = {}  # docker_network_id -> network_id
         self.endpoints: dict[str, dict[str, Endpoint]] = {}  # network_id -> endpoints, bound networks only
@@ -140,7 +140,6 @@ class EventLoop:
     def relist(self) -> None:
         """List every scope this host needs, program the kernel, and start the watches."""
         self._broken = {NETWORKS, BINDINGS, HOSTS}
-        self._vteps = None  # the kernel's filter may be a previous run's: program it once in full
         self.repair()
         self.collect_devices()
         self.collect_retired_veths()
@@ -378,28 +377,8 @@ class EventLoop:
             log.info("deleted %d retired veths left by an earlier run: %s", len(retired), " ".join(retired))
 
     def guard_vteps(self, force: bool = False) -> None:
-        """Accept VXLAN only from registered hosts and the hosts of remote endpoints here (a host whose
-        lease lapsed in a partition keeps its endpoints, and its traffic, until it is forgotten); with no
-        network bound here there is no VXLAN socket, and no filter. Programmed when the set changes, and
-        in full on force (resync: drift); a failure is logged and retried at the next change."""
-        if not self.endpoints:
-            wanted = None
-        else:
-            remote = {
-                e.vtep for eps in self.endpoints.values() for e in eps.values() if e.host_id != self.host_id
-            }
-            wanted = set(self.hosts.values()) | remote
-        if not force and wanted == self._vteps:
-            return
-        try:
-            if wanted is None:
-                self.dataplane.vteps.remove()
-            else:
-                self.dataplane.vteps.allow(wanted, self.vxlan_port)
-            self._vteps = wanted
-        except DataplaneError as exc:
-            self._vteps = set()  # differs from any wanted set: the next change tries again
-            log.warning("VXLAN source filter: %s", exc)
+        """Accept VXLAN only from the hosts plugin.guards.allowed_vteps names."""
+        self.vtep_guard.update(allowed_vteps(self.host_id, self.hosts, self.endpoints), force)
 
     def sync(self, network_id: str, ensure: bool = False) -> None:
         """Program the network's remote peers and this host's own address on it (pyoverlay expose); a
@@ -411,6 +390,9 @@ class EventLoop:
         try:
             if ensure:
                 self.ensure_devices(network)
+                # port security where missing (a network made before it), gone with ports that went
+                for error in self.dataplane.secure_endpoints(network.vni, own_ports(self.host_id, endpoints)):
+                    log.warning("network %s: %s", network.name or network_id[:12], error)
             peers = remote_peers(self.host_id, endpoints)
             desired = desired_state(peers, {p.vtep for p in peers})
             changes = diff(desired, self.dataplane.read_peers(network.vni))

@@ -90,6 +90,14 @@ class MemoryDataplane:
             self.secured[endpoint_id] = (mac, tuple(addresses))
         return f"poc{endpoint_id[:12]}"
 
+    def secure_endpoints(self, vni: int, endpoints: dict[str, tuple[str, tuple[str, ...]]]) -> list[str]:
+        with self._lock:
+            self.calls.append(("secure_endpoints", vni))
+            for endpoint_id, value in endpoints.items():
+                if self.endpoints.get(endpoint_id, (None,))[0] == vni:
+                    self.secured[endpoint_id] = value
+        return []
+
     def delete_endpoint(self, endpoint_id: str, vni: int | None = None) -> None:
         veth_names(endpoint_id)
         with self._lock:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from driver import Dataplane, port_security
+from driver import Dataplane, nft, port_security
 from driver.names import veth_names
 
 from .nsutil import TEST_VNI, add_address6, in_netns, move_link, set_up_interface
@@ -148,3 +148,20 @@ def test_a_ports_rules_go_with_the_port(lan: tuple[Dataplane, dict[str, Box]]) -
     v = box["victim"]
     dataplane.ensure_endpoint(VNI, v.endpoint_id, v.mac, 1450, (v.ip, v.ip6))
     assert port_security.secured_ports(path) == ports - {veth_names(gone)[0]}
+
+
+def test_missing_rules_are_made_and_a_gone_ports_removed(lan: tuple[Dataplane, dict[str, Box]]) -> None:
+    dataplane, box = lan
+    path = dataplane.network_netns(VNI)
+    v, o = box["victim"], box["observer"]
+    victim_port = veth_names(v.endpoint_id)[0]
+    port_security.release_port(path, victim_port)  # rules lost (or a network made before port security)
+    stray = "pohgone0000000"
+    nft.commit(path, port_security._port_messages(stray, "02:42:0a:3d:00:99", ("10.61.0.99",)))  # a port gone
+    assert victim_port not in port_security.secured_ports(path) and stray in port_security.secured_ports(path)
+    wanted = {b.endpoint_id: (b.mac, (b.ip, b.ip6)) for b in (v, o)}
+    assert dataplane.secure_endpoints(VNI, wanted) == []
+    assert victim_port in port_security.secured_ports(path)
+    assert stray not in port_security.secured_ports(path)
+    as_peer = {"src_mac": v.mac, "dst_mac": o.mac, "src_ip": v.ip, "dst_ip": o.ip, "marker": "back"}
+    assert counted([o], b"back", v, "udp4", **as_peer) == [COUNT]  # the victim's own frames pass again
