@@ -32,7 +32,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_NOARP
+from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_STICKY, NUD_NOARP
 
 from . import nft
 from .errors import DataplaneError
@@ -131,10 +131,11 @@ def secure_port(
             nft.commit(netns, messages)
     except OSError as exc:
         raise DataplaneError(f"{name}: port security rules for {mac} {' '.join(addresses)}: {exc}") from exc
+    # sticky: a static entry still roams to a port its source MAC arrives on (an IPv6 announcement of this
+    # endpoint by another host floods back over VXLAN), and with learning off here it would never return
     with kernel_op(name, f"static FDB entry {mac}"):
-        net.fdb(
-            "replace", ifindex=index, lladdr=mac, master=bridge["index"], flags=NTF_MASTER, state=NUD_NOARP
-        )
+        flags = NTF_MASTER | NTF_STICKY
+        net.fdb("replace", ifindex=index, lladdr=mac, master=bridge["index"], flags=flags, state=NUD_NOARP)
     with kernel_op(name, "lock bridge port (learning off, unicast flood off)"):
         net.brport("set", index=index, learning=0, unicast_flood=0, locked=1)
 

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute
 
 from driver import Dataplane, nft, port_security
-from driver.names import veth_names
+from driver.names import bridge_name, veth_names
 
-from .nsutil import TEST_VNI, add_address6, in_netns, move_link, set_up_interface
+from .nsutil import TEST_VNI, add_address6, in_netns, move_link, ping, set_up_interface
+from .test_traffic import VNI as TRAFFIC_VNI
+from .test_traffic import Host, hosts, program_peers  # noqa: F401 (the two hosts fixture)
 
 pytestmark = pytest.mark.netlink
 
@@ -165,3 +168,31 @@ def test_missing_rules_are_made_and_a_gone_ports_removed(lan: tuple[Dataplane, d
     assert stray not in port_security.secured_ports(path)
     as_peer = {"src_mac": v.mac, "dst_mac": o.mac, "src_ip": v.ip, "dst_ip": o.ip, "marker": "back"}
     assert counted([o], b"back", v, "udp4", **as_peer) == [COUNT]  # the victim's own frames pass again
+
+
+def bridge_port_of(netns: str, mac: str) -> set[str]:
+    """The bridge ports the network's bridge has mac on (its own table, not the VXLAN device's)."""
+    with IPRoute(netns=netns, flags=0) as ipr:
+        names = {link["index"]: link.get("ifname") for link in ipr.link("dump")}
+        bridge = ipr.link_lookup(ifname=bridge_name(TRAFFIC_VNI))[0]
+        entries = ipr.fdb("dump", master=bridge)
+    return {names.get(e["ifindex"]) for e in entries if e.get("NDA_LLADDR") == mac and not e.get("NDA_DST")}
+
+
+def test_an_endpoints_mac_stays_on_its_port_when_its_announcement_comes_back(
+    hosts: tuple[Host, Host],  # noqa: F811
+) -> None:
+    """Host B announces A's endpoint (as B's event loop does); the broadcast floods back to A over VXLAN
+    with the endpoint's MAC as source. Learning on the VXLAN port must not take the MAC off the endpoint's
+    port, whose own learning is off: the endpoint would never get a unicast frame again."""
+    a, b = hosts
+    assert program_peers(a, b) == [] and program_peers(b, a) == []
+    port = "poh" + ("test" + a.mac.replace(":", "") * 5)[:12]
+    assert bridge_port_of(a.dataplane.network_netns(TRAFFIC_VNI), a.mac) == {port}
+    ip6 = "fd00:50::" + a.container_ip.rsplit(".", 1)[1]  # an IPv6 announcement (a neighbour advertisement)
+    for _ in range(3):  # crosses hosts: the VXLAN device's proxy only answers ARP and solicitations
+        b.dataplane.announce(TRAFFIC_VNI, a.container_ip, a.mac)
+        b.dataplane.announce(TRAFFIC_VNI, ip6, a.mac)
+    time.sleep(0.5)
+    assert bridge_port_of(a.dataplane.network_netns(TRAFFIC_VNI), a.mac) == {port}
+    assert ping(b.container, a.container_ip, timeout=10)
