@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PERMANENT
+from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_NOARP, NUD_PERMANENT
 
-from . import announce, firewall, peer_entries
+from . import announce, firewall, peer_entries, port_security, vtep_filter
 from .errors import DataplaneError
 from .links import (
     create_veth,
@@ -46,7 +46,7 @@ from .names import (
     vxlan_name,
 )
 from .netns import DEFAULT_SCOPE, NETNS_DIR, ensure_netns, identity, network_netns, network_vnis, remove_netns
-from .peers import PeerChanges, PeerState, normalize_mac
+from .peers import PeerChanges, PeerState
 from .reaper import Reaper
 from .sockets import NetlinkSockets, PacketSockets, open_iproute
 
@@ -96,6 +96,7 @@ class Dataplane:
         self._repeater = announce.Repeater()
         # network-level changes (devices shared by all endpoints, namespaces) go one at a time
         self._network_lock = threading.Lock()
+        self.vteps = vtep_filter.VtepFilter(None if netns is None else f"{NETNS_DIR}/{netns}")
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -146,6 +147,7 @@ class Dataplane:
                 ensure_vxlan(
                     net, vxlan_name(vni), vni, local, port, mtu, bridge, creator=self._host, netns_fd=fd
                 )
+            port_security.ensure_table(path)
 
     def _move_in_from_host(self, vni: int, net: IPRoute, bridge: Any, fd: int) -> None:
         """Take over a network built in the host's namespace (pyoverlay before network namespaces): its
@@ -239,8 +241,11 @@ class Dataplane:
 
     # -- endpoints --------------------------------------------------------------------------------
 
-    def ensure_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
-        """A veth pair for a local endpoint on the network's bridge; returns the container-side name."""
+    def ensure_endpoint(
+        self, vni: int, endpoint_id: str, mac: str, mtu: int, addresses: tuple[str, ...] = ()
+    ) -> str:
+        """A veth pair for a local endpoint on the network's bridge, its port locked to mac and addresses
+        (driver/port_security.py); returns the container-side name."""
         port, container = veth_names(endpoint_id)
         operation = f"attach endpoint {port} (ensure the network)"
         net = self._net(vni, operation)
@@ -253,10 +258,13 @@ class Dataplane:
             with _netns_fd(self.network_netns(vni)) as fd:
                 ensure_veth(net, self._host, port, container, mac, mtu, bridge, fd)
             port_link = require_link(net, port, "look up port")
-        self._forget_learned(net, bridge, mac, port_link["index"])
+        # the static FDB entry also moves the MAC off any port it was learned on (the same IP remote before)
+        port_security.secure_port(net, self.network_netns(vni), port_link, bridge, mac, addresses)
         return container
 
-    def join_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
+    def join_endpoint(
+        self, vni: int, endpoint_id: str, mac: str, mtu: int, addresses: tuple[str, ...] = ()
+    ) -> str:
         """ensure_endpoint for Join, which follows CreateEndpoint's ensure_endpoint: three lookups confirm
         the pair is as that left it; anything else (devices gone or changed since) gets the full ensure."""
         port, container = veth_names(endpoint_id)
@@ -267,24 +275,7 @@ class Dataplane:
             peer = find_link(self._host, container)
             if veth_in_place(port_link, peer, bridge, mac, mtu):
                 return container
-        return self.ensure_endpoint(vni, endpoint_id, mac, mtu)
-
-    def _forget_learned(self, net: IPRoute, bridge: Any, mac: str, port: int) -> None:
-        """Drop what the bridge learned of mac on another port: a MAC that was remote (the same IP on
-        another host, announced or seen through the VXLAN port) would keep black-holing the new local
-        endpoint until it ages out. Unknown, the bridge floods frames for it until it learns the port."""
-        ifname = bridge.get("ifname")
-        with kernel_op(ifname, "dump fdb"):
-            entries = net.fdb("dump", master=bridge["index"])
-        for entry in entries:
-            if (
-                normalize_mac(entry.get("NDA_LLADDR") or "") == normalize_mac(mac)
-                and entry["ifindex"] != port
-                and not entry.get("NDA_DST")
-                and not entry["state"] & (NUD_PERMANENT | NUD_NOARP)
-            ):
-                with kernel_op(ifname, f"forget {mac} learned elsewhere", tolerate=(errno.ENOENT,)):
-                    net.fdb("del", ifindex=entry["ifindex"], lladdr=mac, flags=NTF_MASTER)
+        return self.ensure_endpoint(vni, endpoint_id, mac, mtu, addresses)
 
     def delete_endpoint(self, endpoint_id: str, vni: int | None = None) -> None:
         """Remove an endpoint's veth pair; without vni, every network's namespace is searched. At once, the
@@ -314,12 +305,14 @@ class Dataplane:
                 net.link("set", index=link["index"], ifname=retired)  # a name change needs it down
         except DataplaneError:
             delete_link(net, port)  # could not retire it: delete it here, as before
+            port_security.release_port(path, port)
             return
-        self._reaper.put((path, retired))
+        self._reaper.put((path, retired, port))
 
     def _delete_retired(self, item: Any) -> None:
-        path, name = item
+        path, name, port = item
         if identity(path) is not None:  # else: it went with its network's namespace
+            port_security.release_port(path, port)  # off the request: deleting rules waits for RCU
             delete_link(self._sockets.get(path, track_identity=True), name)
 
     def settle(self, timeout: float | None = None) -> bool:
@@ -382,6 +375,14 @@ class Dataplane:
         ifname = vxlan_name(vni)
         net = self._net(vni, "read peers")
         return peer_entries.read_entries(net, ifname, require_link(net, ifname, "read peers")["index"])
+
+    def secure_endpoints(self, vni: int, endpoints: dict[str, tuple[str, tuple[str, ...]]]) -> list[str]:
+        """Port security where it is missing for these local endpoints (id -> (MAC, addresses)), and none
+        left for ports that went (port_security.reconcile); one message per failure."""
+        net = self._net(vni, "secure ports")
+        ports = {veth_names(endpoint_id)[0]: value for endpoint_id, value in endpoints.items()}
+        bridge = require_link(net, bridge_name(vni), "secure ports")
+        return port_security.reconcile(net, self.network_netns(vni), bridge, ports)
 
     def apply_peers(self, vni: int, changes: PeerChanges) -> list[str]:
         """Apply changes to the network's VXLAN device; returns one message per entry that failed."""

@@ -88,8 +88,12 @@ class Store(NetworkPolicy):
 
     def list_hosts(self) -> list[Host]:
         """Hosts whose registration is alive."""
-        items, _ = self._kv.range(HOSTS)
-        return [Host.from_json(load(i)) for i in items]
+        return self.hosts_at()[0]
+
+    def hosts_at(self) -> tuple[list[Host], int]:
+        """Hosts whose registration is alive, and the revision they were read at (for watch_hosts)."""
+        items, revision = self._kv.range(HOSTS)
+        return [Host.from_json(load(i)) for i in items], revision
 
     # -- endpoints ----------------------------------------------------------------------------------
     def put_endpoint(
@@ -273,6 +277,10 @@ class Store(NetworkPolicy):
         """Events of kind "binding": key_id the Docker network id, record the cluster network id."""
         prefix = bindings_prefix(segment(host_id, "host id"))
         return self._watch(prefix, start_revision, sink, "binding", lambda data: data["network_id"])
+
+    def watch_hosts(self, start_revision: int, sink: EventSink) -> Watch:
+        """Registrations made, refreshed, expired or forgotten (the event loop's VTEP allow-list)."""
+        return self._watch(HOSTS, start_revision, sink, "host", Host.from_json)
 
     def watch_endpoints(self, network_id: str, start_revision: int, sink: EventSink) -> Watch:
         prefix = endpoints_prefix(segment(network_id, "network id"))

@@ -83,6 +83,7 @@ class Agent:
             self.host_id,
             ensure_devices=self._ensure_devices,
             resync_interval=settings.resync_interval,
+            vxlan_port=settings.vxlan_port,
         )
         self.docker_sync = DockerSync(
             self.store,

@@ -20,13 +20,14 @@ from typing import Any
 
 from driver import Dataplane, DataplaneError
 from driver.peers import Peer, desired_state, diff
-from kvstore import HOST_KIND, Endpoint, Event, Network, NotFound, Store, StoreError
+from kvstore import HOST_KIND, Endpoint, Event, Host, Network, NotFound, Store, StoreError
 
+from .guards import VtepGuard, allowed_vteps, own_ports
 from .nameservice.index import NameIndex
 
 log = logging.getLogger(__name__)
 
-NETWORKS, BINDINGS, ENDPOINTS = "networks", "bindings", "endpoints/"  # scopes; ENDPOINTS + network id
+NETWORKS, BINDINGS, HOSTS, ENDPOINTS = "networks", "bindings", "hosts", "endpoints/"  # ENDPOINTS + network id
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
 
 
@@ -76,6 +77,7 @@ class EventLoop:
         ensure_devices: Callable[[Network], None],
         on_network_event: Callable[[str, Network | None], None] = lambda network_id, network: None,
         resync_interval: float = 30.0,
+        vxlan_port: int = 4789,
     ) -> None:
         self.store = store
         self.dataplane = dataplane
@@ -83,6 +85,8 @@ class EventLoop:
         self.ensure_devices = ensure_devices  # builds bridge + VXLAN of a network bound here
         self.on_network_event = on_network_event  # the Docker side follows networks made or removed elsewhere
         self.resync_interval = resync_interval
+        self.hosts: dict[str, str] = {}  # host_id -> VTEP address, every registered host
+        self.vtep_guard = VtepGuard(dataplane, vxlan_port)
         self.networks: dict[str, Network] = {}
         self.bindings: dict[str, str] = {}  # docker_network_id -> network_id
         self.endpoints: dict[str, dict[str, Endpoint]] = {}  # network_id -> endpoints, bound networks only
@@ -135,7 +139,7 @@ class EventLoop:
 
     def relist(self) -> None:
         """List every scope this host needs, program the kernel, and start the watches."""
-        self._broken = {NETWORKS, BINDINGS}
+        self._broken = {NETWORKS, BINDINGS, HOSTS}
         self.repair()
         self.collect_devices()
         self.collect_retired_veths()
@@ -167,6 +171,7 @@ class EventLoop:
                 self.sync(network_id, ensure=True)
             self.collect_devices()
             self.collect_retired_veths()
+            self.guard_vteps(force=True)
         elif kind == "watch":
             generation, batch = payload
             current = self._watches.get(scope)
@@ -206,6 +211,11 @@ class EventLoop:
                 self.bindings = bindings
             self._watch(scope, lambda sink: self.store.watch_bindings(self.host_id, revision + 1, sink))
             self._follow_bindings()
+        elif scope == HOSTS:
+            hosts, revision = self.store.hosts_at()
+            self.hosts = {h.host_id: h.address for h in hosts}
+            self._watch(scope, lambda sink: self.store.watch_hosts(revision + 1, sink))
+            self.guard_vteps()
         elif scope[len(ENDPOINTS) :] in self.endpoints:  # still bound
             network_id = scope[len(ENDPOINTS) :]
             endpoints, revision = self.store.endpoints_at(network_id)
@@ -214,6 +224,7 @@ class EventLoop:
             self._index_names(network_id)
             self._watch(scope, lambda sink: self.store.watch_endpoints(network_id, revision + 1, sink))
             self.sync(network_id, ensure=True)
+            self.guard_vteps()
 
     def _watch(self, scope: str, start: Callable[[Callable[[Any], None]], Any]) -> None:
         self._stop_watch(scope)
@@ -251,8 +262,17 @@ class EventLoop:
         self.names.drop(network_id)
         self._host_addresses.pop(network_id, None)  # goes with the bridge
         self.collect_devices()
+        self.guard_vteps()
 
     def _apply(self, scope: str, events: list[Event]) -> None:
+        if scope == HOSTS:
+            for event in events:
+                if isinstance(event.record, Host):
+                    self.hosts[event.key_id] = event.record.address
+                else:
+                    self.hosts.pop(event.key_id, None)
+            self.guard_vteps()
+            return
         announce: dict[str, Endpoint] = {}  # remote endpoints that appeared or changed IP or MAC
         programmed = False  # whether an event touches what sync programs (remote peers, an exposure)
         with self._view_lock:
@@ -293,6 +313,7 @@ class EventLoop:
             self._index_names(scope[len(ENDPOINTS) :])
             if programmed:  # this host's own containers' endpoints are veths: nothing for sync to do
                 self.sync(scope[len(ENDPOINTS) :])  # at once: convergence time is what users feel
+                self.guard_vteps()
             self._announce(scope[len(ENDPOINTS) :], announce.values())
 
     def _index_names(self, network_id: str) -> None:
@@ -355,6 +376,10 @@ class EventLoop:
         if retired:
             log.info("deleted %d retired veths left by an earlier run: %s", len(retired), " ".join(retired))
 
+    def guard_vteps(self, force: bool = False) -> None:
+        """Accept VXLAN only from the hosts plugin.guards.allowed_vteps names."""
+        self.vtep_guard.update(allowed_vteps(self.host_id, self.hosts, self.endpoints), force)
+
     def sync(self, network_id: str, ensure: bool = False) -> None:
         """Program the network's remote peers and this host's own address on it (pyoverlay expose); a
         failure is logged, and the next event for the network or the next resync tries again."""
@@ -365,6 +390,9 @@ class EventLoop:
         try:
             if ensure:
                 self.ensure_devices(network)
+                # port security where missing (a network made before it), gone with ports that went
+                for error in self.dataplane.secure_endpoints(network.vni, own_ports(self.host_id, endpoints)):
+                    log.warning("network %s: %s", network.name or network_id[:12], error)
             peers = remote_peers(self.host_id, endpoints)
             desired = desired_state(peers, {p.vtep for p in peers})
             changes = diff(desired, self.dataplane.read_peers(network.vni))

@@ -16,12 +16,16 @@ class MemoryDataplane:
         self.networks: dict[int, dict[str, object]] = {}  # vni -> settings
         self.endpoints: dict[str, tuple[int, str, int]] = {}  # endpoint id -> (vni, mac, mtu)
         self.peers: dict[int, PeerState] = {}
+        self.secured: dict[
+            str, tuple[str, tuple[str, ...]]
+        ] = {}  # endpoint id -> its port's (MAC, addresses)
         self.host_addresses: dict[int, tuple[str, str]] = {}  # vni -> (address CIDR, MAC): exposed here
         self.calls: list[tuple[str, object]] = []  # (method, main argument), in order
         self.peer_reads = 0  # read_peers calls: what the event loop costs the kernel
         self.announced: list[tuple[int, str, str]] = []  # (vni, ip, mac) of every announce, in order
         self.fail_vnis: set[int] = set()  # ensure_network on these raises, as a kernel error would
         self._lock = threading.Lock()
+        self.vteps = MemoryVteps()
 
     def ensure_network(self, vni: int, mtu: int, local_ip: str, port: int = 4789) -> None:
         check_vni(vni)
@@ -65,27 +69,41 @@ class MemoryDataplane:
         with self._lock:
             return vni in self.networks
 
-    def join_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
+    def join_endpoint(
+        self, vni: int, endpoint_id: str, mac: str, mtu: int, addresses: tuple[str, ...] = ()
+    ) -> str:
         with self._lock:
             if vni in self.networks and self.endpoints.get(endpoint_id) == (vni, mac, mtu):
                 self.calls.append(("join_endpoint", endpoint_id))
                 return f"poc{endpoint_id[:12]}"
-        return self.ensure_endpoint(vni, endpoint_id, mac, mtu)
+        return self.ensure_endpoint(vni, endpoint_id, mac, mtu, addresses)
 
-    def ensure_endpoint(self, vni: int, endpoint_id: str, mac: str, mtu: int) -> str:
+    def ensure_endpoint(
+        self, vni: int, endpoint_id: str, mac: str, mtu: int, addresses: tuple[str, ...] = ()
+    ) -> str:
         veth_names(endpoint_id)  # ValueError for an id no veth can be named after, as in the kernel
         with self._lock:
             self.calls.append(("ensure_endpoint", endpoint_id))
             if vni not in self.networks:
                 raise DataplaneError(f"VNI {vni}: bridge not found")
             self.endpoints[endpoint_id] = (vni, mac, mtu)
+            self.secured[endpoint_id] = (mac, tuple(addresses))
         return f"poc{endpoint_id[:12]}"
+
+    def secure_endpoints(self, vni: int, endpoints: dict[str, tuple[str, tuple[str, ...]]]) -> list[str]:
+        with self._lock:
+            self.calls.append(("secure_endpoints", vni))
+            for endpoint_id, value in endpoints.items():
+                if self.endpoints.get(endpoint_id, (None,))[0] == vni:
+                    self.secured[endpoint_id] = value
+        return []
 
     def delete_endpoint(self, endpoint_id: str, vni: int | None = None) -> None:
         veth_names(endpoint_id)
         with self._lock:
             self.calls.append(("delete_endpoint", endpoint_id))
             self.endpoints.pop(endpoint_id, None)
+            self.secured.pop(endpoint_id, None)
 
     def settle(self, timeout: float | None = None) -> bool:
         return True  # deletions here are immediate: nothing is ever deferred
@@ -129,3 +147,21 @@ class MemoryDataplane:
                 neigh=(state.neigh - changes.del_neigh) | changes.add_neigh,
             )
         return []
+
+
+class MemoryVteps:
+    """driver.vtep_filter.VtepFilter, recorded: the allowed addresses (None: no filter) and the port."""
+
+    def __init__(self) -> None:
+        self.addresses: set[str] | None = None
+        self.port: int | None = None
+
+    def allow(self, addresses: set[str], port: int) -> None:
+        self.addresses, self.port = set(addresses), port
+
+    def remove(self) -> bool:
+        had, self.addresses, self.port = self.addresses is not None, None, None
+        return had
+
+    def allowed(self) -> set[str] | None:
+        return None if self.addresses is None else set(self.addresses)

@@ -209,7 +209,9 @@ class NetworkService:
             if not self.dataplane.has_network(network.vni):
                 # devices vanished (host reboot): rebuild rather than fail; the event loop checks drift
                 self.dataplane.ensure_network(network.vni, mtu, self.vtep, self.vxlan_port)
-            self.dataplane.ensure_endpoint(network.vni, req.endpoint_id, mac, mtu)
+            # the port takes frames from this MAC and these addresses only (Docker's --mac-address, --ip)
+            addresses = tuple(str(a.ip) for a in (req.address, req.ipv6_address) if a)
+            self.dataplane.ensure_endpoint(network.vni, req.endpoint_id, mac, mtu, addresses)
         except DataplaneError:
             self._remove_endpoint(req.endpoint_id, network.vni)
             raise
@@ -249,8 +251,9 @@ class NetworkService:
     def join(self, req: EndpointRequest) -> dict[str, object]:
         endpoint, network = self._endpoint_on_network(req)  # the network read once, not again by its id
         # CreateEndpoint has just ensured the pair: Join only checks it (and ensures it if it changed)
+        addresses = tuple(ip for ip in (endpoint.ip, endpoint.ip6) if ip)
         container_side = self.dataplane.join_endpoint(
-            network.vni, endpoint.endpoint_id, endpoint.mac, self.mtu_for(network)
+            network.vni, endpoint.endpoint_id, endpoint.mac, self.mtu_for(network), addresses
         )
         for ip in (endpoint.ip, endpoint.ip6):
             if not ip:

@@ -64,7 +64,7 @@ def test_the_exposed_host_and_containers_on_both_hosts_reach_each_other(
     a.dataplane.ensure_host_address(VNI, EXPOSED, MAC)
     # host A's own container too: it reaches the exposed address across A's bridge only
     local = make_netns()
-    side = a.dataplane.ensure_endpoint(VNI, "testlocal" + "0" * 20, "02:42:0a:32:00:09", 1450)
+    side = a.dataplane.ensure_endpoint(VNI, "testlocal" + "0" * 20, "02:42:0a:32:00:09", 1450, ("10.50.0.9",))
     move_link(a.netns, side, local)
     set_up_interface(local, side, "10.50.0.9")
     exposed_ip = EXPOSED.split("/")[0]

@@ -67,7 +67,9 @@ def hosts(make_netns: Callable[[], str]) -> Iterator[tuple[Host, Host]]:
         for host in built:
             host.dataplane.ensure_network(VNI, MTU, host.vtep)
             endpoint_id = "test" + host.mac.replace(":", "") * 5
-            container_side = host.dataplane.ensure_endpoint(VNI, endpoint_id, host.mac, MTU)
+            # the port takes the container's addresses only (test_ipv6 adds the IPv6 one)
+            addresses = (host.container_ip, "fd00:50::" + host.container_ip.rsplit(".", 1)[1])
+            container_side = host.dataplane.ensure_endpoint(VNI, endpoint_id, host.mac, MTU, addresses)
             move_link(host.netns, container_side, host.container)  # what Docker does on Join
             set_up_interface(host.container, container_side, host.container_ip)
         yield built[0], built[1]

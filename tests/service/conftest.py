@@ -173,7 +173,9 @@ def make_host(kv: SqliteKV) -> Iterator[Callable[..., Host]]:
         def ensure_devices(net: Network) -> None:
             dp.ensure_network(net.vni, network.mtu_for(net), vtep, VXLAN_PORT)
 
-        loop = EventLoop(store, dp, host_id, ensure_devices=ensure_devices, resync_interval=3600)
+        loop = EventLoop(
+            store, dp, host_id, ensure_devices=ensure_devices, resync_interval=3600, vxlan_port=VXLAN_PORT
+        )
         sync = DockerSync(
             store, host_id, dp.endpoint_ids_prefixes, view=loop.view, kick=loop.kick, driver_name="pyoverlay"
         )

@@ -14,7 +14,7 @@ from kvstore import HOST_KIND, Conflict
 from kvstore import Host as Registration
 from kvstore.alloc import VNI_MIN
 from plugin.errors import BadRequest, UnknownObject
-from plugin.event_loop import EventLoop
+from plugin.event_loop import HOSTS, EventLoop
 from plugin.services.exposure import ExposureService, exposure_id
 from plugin.services.network import mac_for_address
 
@@ -56,7 +56,7 @@ def test_expose_puts_the_address_on_this_bridge_and_a_peer_on_the_others(host_a:
     assert host_b.dp.peers[VNI_MIN].fdb == {(exposure.mac, host_a.vtep), (FLOOD_MAC, host_a.vtep)}
     assert host_b.dp.host_addresses == {}
     assert exposing(host_a).expose(theirs.docker_id[:12]) == exposure  # again, by id: the same, no write
-    assert host_a.settle() == []
+    assert [item for item in host_a.settle() if item[1] != HOSTS] == []  # the heartbeat's write aside
     with pytest.raises(Conflict):
         exposing(host_a).expose("ov", address="10.30.0.200")
 
