@@ -309,7 +309,7 @@ class LabHost:
             "SOCKET": str(self.agent_socket),
             "STATE_DIR": str(self.workdir / "state"),
             "ADVERTISE_ADDR": self.address,
-            "ETCD_ENDPOINTS": self.lab.etcd_endpoint or "",
+            "ETCD_ENDPOINTS": ",".join(self.lab.etcd_endpoints),
             "DOCKER_HOST": self.docker_host,
             "LOG_LEVEL": "debug",
         }

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,7 @@ class Lab:
         dockerd_args: Sequence[str] = (),
         daemon_json: Mapping[str, object] | None = None,
         engine: str | None | Sequence[str | None] = None,
+        etcd_members: int = 1,
     ) -> None:
         if not _NAME_RE.fullmatch(name):
             raise ValueError(f"lab name {name!r}: 1-12 of [a-z0-9], starting with a letter")
@@ -74,6 +76,9 @@ class Lab:
         self._owned_workdir = workdir is None  # then a temp dir, made at up() and removed at down()
         self.workdir = Path(workdir) if workdir else Path(tempfile.gettempdir()) / f"{name}-unset"
         self.with_etcd = etcd
+        if etcd_members < 1:
+            raise ValueError(f"etcd_members: at least 1, got {etcd_members}")
+        self.etcd_members = etcd_members  # >1: a cluster on the underlay address, one port pair each
         self.image = IMAGE_TAG
         self.image_tar = image_tar
         self.agent_command = list(agent_command) if agent_command else default_agent_command()
@@ -85,13 +90,25 @@ class Lab:
         if len(engines) != n_hosts:
             raise ValueError(f"engine: one per host ({n_hosts}), got {engines}")
         self.hosts = [LabHost(self, i, str(self.underlay[i]), engines[i - 1]) for i in range(1, n_hosts + 1)]
-        self.etcd: subprocess.Popen[bytes] | None = None
+        self.etcds: list[subprocess.Popen[bytes] | None] = [None] * etcd_members
         self.timings: dict[str, float] = {}
 
     @property
     def etcd_endpoint(self) -> str | None:
-        """The etcd client URL every host reaches over the underlay, or None without etcd."""
+        """The (first member's) etcd client URL every host reaches over the underlay, or None without etcd."""
         return f"http://{self.underlay_address}:2379" if self.with_etcd else None
+
+    @property
+    def etcd_endpoints(self) -> list[str]:
+        """Every etcd member's client URL (what agents are given); empty without etcd."""
+        if not self.with_etcd:
+            return []
+        return [f"http://{self.underlay_address}:{2379 + 2 * i}" for i in range(self.etcd_members)]
+
+    @property
+    def etcd(self) -> subprocess.Popen[bytes] | None:
+        """The first etcd member's process."""
+        return self.etcds[0]
 
     def docker_pool(self, index: int) -> ipaddress.IPv4Network:
         """The /16 host ``index`` (1-based) uses for docker0 and its default address pool."""
@@ -200,35 +217,70 @@ class Lab:
         _sysctl(ul, {f"net/bridge/bridge-nf-call-{t}": "0" for t in ("iptables", "ip6tables", "arptables")})
 
     def _start_etcd(self) -> None:
-        data = self.workdir / "etcd"
-        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+        for i in range(self.etcd_members):
+            self.start_etcd(i)
+
+    def _etcd_member(self, i: int) -> tuple[str, Path, int]:
+        """(name, data dir, client port) of member i; one member keeps the historical name and dir."""
+        if self.etcd_members == 1:
+            return "lab", self.workdir / "etcd", 2379
+        return f"lab{i}", self.workdir / "etcd" / f"lab{i}", 2379 + 2 * i
+
+    def start_etcd(self, member: int = 0) -> None:
+        """Start (or restart, keeping its data) etcd member ``member``; see wait_etcd()."""
+        if (proc := self.etcds[member]) is not None and proc.poll() is None:
+            raise RuntimeError(f"etcd member {member} already running")
         a = self.underlay_address
+        name, data, port = self._etcd_member(member)
+        cluster = ",".join(
+            f"{n}=http://127.0.0.1:{p + 1}" for n, _, p in map(self._etcd_member, range(self.etcd_members))
+        )
         cmd = [
             "nsenter",
             f"--net=/run/netns/{self.underlay_netns}",
             "--",
             ETCD,
-            "--name=lab",
+            f"--name={name}",
             f"--data-dir={data}",
-            f"--listen-client-urls=http://{a}:2379,http://127.0.0.1:2379",
-            f"--advertise-client-urls=http://{a}:2379",
-            "--listen-peer-urls=http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-            "--initial-cluster=lab=http://127.0.0.1:2380",
+            f"--listen-client-urls=http://{a}:{port},http://127.0.0.1:{port}",
+            f"--advertise-client-urls=http://{a}:{port}",
+            f"--listen-peer-urls=http://127.0.0.1:{port + 1}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{port + 1}",
+            f"--initial-cluster={cluster}",
         ]
         log = open(self.workdir / "etcd.log", "ab")  # noqa: SIM115 - owned by the child from here
-        self.etcd = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+        self.etcds[member] = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
         log.close()
 
+    def stop_etcd(self, member: int = 0, sig: int = signal.SIGKILL) -> None:
+        """Stop etcd member ``member`` (SIGKILL by default: a crash) and reap it."""
+        proc = self.etcds[member]
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            proc.wait(30)
+            self.etcds[member] = None
+
+    def wait_etcd(self, timeout: float = 30) -> None:
+        """Wait until every running member reports healthy (for a cluster: it has a leader)."""
+        for i, proc in enumerate(self.etcds):
+            if proc is None:
+                continue
+            url = self.etcd_endpoints[i]
+            probe = f"import urllib.request as u; u.urlopen('{url}/health', timeout=1).read()"
+            wait_until(
+                lambda probe=probe: (
+                    self.underlay_run([sys.executable, "-c", probe], check=False).returncode == 0
+                ),
+                timeout,
+                f"etcd member {i}",
+                proc,
+                self.workdir / "etcd.log",
+            )
+
     def _wait_etcd(self) -> None:
-        probe = f"import urllib.request as u; u.urlopen('{self.etcd_endpoint}/health', timeout=1).read()"
-        wait_until(
-            lambda: self.underlay_run([sys.executable, "-c", probe], check=False).returncode == 0,
-            30,
-            "etcd",
-            self.etcd,
-            self.workdir / "etcd.log",
-        )
+        self.wait_etcd()
 
     def start_agents(self, timeout: float = 20, **kwargs: object) -> None:
         """Start every host's agent (``kwargs`` as for LabHost.start_agent); wait for all, in parallel."""
@@ -255,7 +307,8 @@ class Lab:
         """etcdctl (v3 API) against the lab's etcd, e.g. ``lab.etcdctl("get", "--prefix", "/pyoverlay")``."""
         assert self.etcd_endpoint, "lab has no etcd"
         return self.underlay_run(
-            ["env", "ETCDCTL_API=3", "etcdctl", f"--endpoints={self.etcd_endpoint}", *args], check=check
+            ["env", "ETCDCTL_API=3", "etcdctl", f"--endpoints={','.join(self.etcd_endpoints)}", *args],
+            check=check,
         )
 
     # --- tear down --------------------------------------------------------------------------------
@@ -269,13 +322,13 @@ class Lab:
             with contextlib.suppress(Exception):  # teardown goes on regardless
                 h.stop_agent(timeout=5)
         cleanup(self.name)
-        for proc in [self.etcd, *(p for h in self.hosts for p in (h.anchor, h.dockerd, h.agent))]:
+        for proc in [*self.etcds, *(p for h in self.hosts for p in (h.anchor, h.dockerd, h.agent))]:
             if proc is not None:
                 proc.wait(10)  # dead already: reap it
         for h in self.hosts:
             h.anchor = h.dockerd = h.agent = None
             h.anchor_pid = None
-        self.etcd = None
+        self.etcds = [None] * self.etcd_members
         if not self.keep:
             if self._owned_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
