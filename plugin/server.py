@@ -8,7 +8,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from . import native_memory, pidfile
+from . import failpoints, native_memory, pidfile
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class AgentServer(BaseApplication):
 
 
 def serve(settings: Settings) -> None:
+    failpoints.configure()  # a test facility: nothing unless PYOVERLAY_FAILPOINTS names points
     pid_file = pidfile.claim(settings.state_dir)  # the master's pid: `pyoverlay stop` signals it
     native_memory.fix_mmap_threshold()  # before the fork: the worker inherits it
     try:
