@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from driver import DataplaneError
@@ -18,6 +18,7 @@ from kvstore import Compacted, Conflict, Exhausted, NotFound, StoreError, StoreU
 from . import failpoints
 from . import messages as m
 from .errors import BadRequest, ConflictError, KernelError, PluginError, StoreDown, UnknownObject
+from .journal import RequestJournal
 from .services.ipam import IpamService
 from .services.network import NetworkService
 from .timings import RequestTimings
@@ -31,14 +32,15 @@ def _answer(body: dict[str, Any], status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, content_type=CONTENT_TYPE)
 
 
-def _body() -> dict[str, Any]:
+def _body(raw: bytes | None = None) -> dict[str, Any]:
     # Docker sends no Content-Type, and an empty body for argument-less calls
-    raw = request.get_data(cache=True)
+    raw = request.get_data(cache=True) if raw is None else raw
     if not raw.strip():
         return {}
-    data = request.get_json(force=True, silent=True)
-    if data is None:
-        raise BadRequest("request body is not valid JSON")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise BadRequest("request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(data).__name__}")
     return data
@@ -79,8 +81,14 @@ def _answer_error(exc: Exception) -> Response | HTTPException:
 TIMINGS_PATH = "/pyoverlay.Timings"  # private: not a Docker plugin call, Docker never sends it
 
 
-def create_app(network: NetworkService, ipam: IpamService, timings: RequestTimings | None = None) -> Flask:
-    """The Flask app for one agent; no global state."""
+def create_app(
+    network: NetworkService,
+    ipam: IpamService,
+    timings: RequestTimings | None = None,
+    journal: RequestJournal | None = None,
+) -> Flask:
+    """The Flask app for one agent; no global state. With a ``journal``, a request Docker resends empty
+    after an agent crash is answered from the body the crashed agent kept (see plugin/journal.py)."""
     app = Flask("pyoverlay")
     app.register_error_handler(Exception, _answer_error)
     timings = timings if timings is not None else RequestTimings()
@@ -88,9 +96,13 @@ def create_app(network: NetworkService, ipam: IpamService, timings: RequestTimin
     def route(path: str, call: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
         def view() -> Response:
             start = time.perf_counter()
+            entry = journal.begin(path, request.get_data(cache=True)) if journal else None
             try:
-                return _answer(call(_body()) or {})
+                g.request_key = entry.key if entry else None
+                return _answer(call(_body(entry.body if entry else None)) or {})
             finally:  # refused requests count too: their time is Docker's wait as well
+                if journal and entry:
+                    journal.end(entry)
                 timings.record(path, time.perf_counter() - start)
 
         app.add_url_rule(path, endpoint=path, view_func=view, methods=["POST"])
@@ -134,7 +146,10 @@ def create_app(network: NetworkService, ipam: IpamService, timings: RequestTimin
     route("/IpamDriver.GetDefaultAddressSpaces", lambda b: ipam.default_address_spaces())
     route("/IpamDriver.RequestPool", lambda b: ipam.request_pool(m.RequestPoolRequest.parse(b)))
     route("/IpamDriver.ReleasePool", lambda b: ipam.release_pool(m.PoolRequest.parse(b).pool_id))
-    route("/IpamDriver.RequestAddress", lambda b: ipam.request_address(m.RequestAddressRequest.parse(b)))
+    route(
+        "/IpamDriver.RequestAddress",
+        lambda b: ipam.request_address(m.RequestAddressRequest.parse(b), g.request_key),
+    )
     route("/IpamDriver.ReleaseAddress", lambda b: ipam.release_address(m.ReleaseAddressRequest.parse(b)))
     return app
 

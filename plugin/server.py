@@ -46,10 +46,12 @@ class AgentServer(BaseApplication):
         # Built in the worker, after the fork: netlink sockets and gRPC channels never cross a fork.
         from .agent import Agent
         from .app import create_app
+        from .journal import RequestJournal
 
         logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug output is every netlink message
         self.agent = Agent(self.settings)
-        return create_app(self.agent.network, self.agent.ipam)
+        journal = RequestJournal(os.path.join(self.settings.state_dir, "inflight"))
+        return create_app(self.agent.network, self.agent.ipam, journal=journal)
 
     def _post_worker_init(self, worker: Any) -> None:
         worker.app.agent.start()

@@ -73,7 +73,9 @@ class IpamService:
         self.store.release_pool(self.host_id, pool_id)
         failpoints.hit("ReleasePool.after_store")
 
-    def request_address(self, req: RequestAddressRequest) -> dict[str, object]:
+    def request_address(
+        self, req: RequestAddressRequest, request_key: str | None = None
+    ) -> dict[str, object]:
         pool = self.store.get_pool(req.pool_id)
         if req.is_gateway:
             owner = GATEWAY_OWNER
@@ -82,7 +84,8 @@ class IpamService:
         else:
             # Docker (< 29) sends no key without RequiresMACAddress: each request owns its address, so a
             # second container asking for a taken --ip gets a conflict (a resent request does too)
-            owner = REQUEST_OWNER_PREFIX + secrets.token_hex(8)  # until CreateEndpoint adopts it
+            # until CreateEndpoint adopts it; a request resent after a crash has the same key (its journal's)
+            owner = REQUEST_OWNER_PREFIX + (request_key or secrets.token_hex(8))
         address = self.store.reserve_address(pool.pool_id, owner, self.host_id, req.address)
         failpoints.hit("RequestAddress.after_store")
         prefixlen = ipaddress.ip_network(pool.subnet).prefixlen
