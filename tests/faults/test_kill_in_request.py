@@ -185,7 +185,10 @@ class KillRig:
 
     def assert_clean(self) -> None:
         leaks.assert_no_leaks(self.lab)
-        wait_until(lambda: not network_leaks(self.lab, self.h), 40, "no network leaks")
+        try:
+            wait_until(lambda: not network_leaks(self.lab, self.h), 40, "no network leaks")
+        except RuntimeError:
+            raise AssertionError(f"network leaks: {network_leaks(self.lab, self.h)}") from None
 
 
 def test_kill_in_each_request_type(make_lab, figures):
