@@ -99,6 +99,20 @@ class Faults:
                 pass
 
 
+def replays(lab) -> int:
+    """Requests Docker resent empty after a kill that an agent answered from the body it had kept."""
+    return sum(h.agent_log().count("answering the request left in flight") for h in lab.hosts)
+
+
+def print_unreplayed(lab) -> None:
+    """What led to an empty retry nothing was kept for (the agent died before it read the request)."""
+    for h in lab.hosts:
+        lines = [x for x in h.agent_log().splitlines() if " DEBUG " not in x and "urllib3" not in x]
+        for i, line in enumerate(lines):
+            if "missing field" in line:
+                print(f"--- {h.name}: an empty retry\n" + "\n".join(lines[max(0, i - 12) : i + 1]))
+
+
 def churn(
     h, cycles: int, image: str, faults: Faults, failed: Counter[str], spans: list[tuple[float, float]]
 ) -> None:
@@ -164,10 +178,12 @@ def test_churn_under_faults_leaks_nothing(make_lab, figures):
             failed_commands=sum(failed.values()),
             failed_by_reason=dict(failed),
             failed_outside_faults=faults.outside(spans),
+            replayed_after_kill=replays(lab),
             leaks=sum(len(v) for v in leaked.values()),
             duration_s=round(duration, 1),
             settle_s=round(time.monotonic() - settle, 1),
         )
+        print_unreplayed(lab)
         assert not faults.errors, faults.errors
         assert not any(leaked.values()), leaked
         assert sum(faults.injected.values()) > 0, "no fault was injected: nothing was tested"
