@@ -29,7 +29,6 @@ class Entry:
     key: str  # unique per request, and the same for its replay: an idempotency key (RequestAddress uses it)
     body: bytes
     file: Path | None  # None: nothing kept (an empty body that replays nothing)
-    replayed: bool = False
 
 
 class AmbiguousReplay(ConflictError):
@@ -59,7 +58,7 @@ class RequestJournal:
             if not stamp.isdigit() or not key or not path or not body.strip() or age > self.max_age:
                 file.unlink(missing_ok=True)  # cut short by the kill, or Docker has given up on it
                 continue
-            entry = Entry(key, body, file, replayed=True)
+            entry = Entry(key, body, file)
             self._leftovers.setdefault("/" + path, []).append((time.monotonic() - age, entry))
         if self._leftovers:
             counts = {path: len(entries) for path, entries in self._leftovers.items()}
@@ -79,9 +78,8 @@ class RequestJournal:
                     os.write(fd, body)
                 finally:
                     os.close(fd)
-            except (
-                OSError
-            ) as exc:  # a full or read-only disk must not refuse requests: only the replay is lost
+            # a full or read-only disk must not refuse requests: only the replay is lost
+            except OSError as exc:
                 log.warning("%s: cannot keep the request body: %s", path, exc)
                 return Entry(key, body, None)
             return Entry(key, body, file)
