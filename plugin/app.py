@@ -10,14 +10,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from driver import DataplaneError
 from kvstore import Compacted, Conflict, Exhausted, NotFound, StoreError, StoreUnavailable
 
+from . import failpoints
 from . import messages as m
 from .errors import BadRequest, ConflictError, KernelError, PluginError, StoreDown, UnknownObject
+from .journal import RequestJournal
 from .services.ipam import IpamService
 from .services.network import NetworkService
 from .timings import RequestTimings
@@ -33,9 +35,9 @@ def _answer(body: dict[str, Any], status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, content_type=CONTENT_TYPE)
 
 
-def _body() -> dict[str, Any]:
+def _body(raw: bytes | None = None) -> dict[str, Any]:
     # Docker sends no Content-Type, and an empty body for argument-less calls
-    raw = request.get_data(cache=True)
+    raw = request.get_data(cache=True) if raw is None else raw
     if not raw.strip():
         return {}
     try:
@@ -120,13 +122,14 @@ def create_app(
     ipam: IpamService,
     timings: RequestTimings | None = None,
     check_identity: Callable[[], None] | None = None,
+    journal: RequestJournal | None = None,
 ) -> Flask:
-    """The Flask app for one agent; no global state. ``check_identity`` raises to refuse a request
-    (Agent.check_identity: a cloned host id)."""
+    """The Flask app for one agent; no global state. With a ``journal``, a request Docker resends empty
+    after an agent crash is answered from the body the crashed agent kept (see plugin/journal.py).
+    ``check_identity`` raises to refuse a request (Agent.check_identity: a cloned host id)."""
     app = Flask("pyoverlay")
-    app.url_map.merge_slashes = (
-        False  # "//Plugin.Activate" would get a redirect, which is no answer to Docker
-    )
+    # "//Plugin.Activate" would get a redirect, which is no answer to Docker
+    app.url_map.merge_slashes = False
     app.register_error_handler(Exception, _answer_error)
     if check_identity is not None:
 
@@ -140,9 +143,13 @@ def create_app(
     def route(path: str, call: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
         def view() -> Response:
             start = time.perf_counter()
+            entry = journal.begin(path, request.get_data(cache=True)) if journal else None
             try:
-                return _answer(call(_body()) or {})
+                g.request_key = entry.key if entry else None
+                return _answer(call(_body(entry.body if entry else None)) or {})
             finally:  # refused requests count too: their time is Docker's wait as well
+                if journal and entry:
+                    journal.end(entry)
                 timings.record(path, time.perf_counter() - start)
 
         # no automatic OPTIONS: its answer has no body, and Docker only ever POSTs
@@ -180,7 +187,7 @@ def create_app(
     route("/NetworkDriver.DeleteEndpoint", lambda b: network.delete_endpoint(m.EndpointRequest.parse(b)))
     route("/NetworkDriver.EndpointOperInfo", lambda b: network.oper_info(m.EndpointRequest.parse(b)))
     route("/NetworkDriver.Join", lambda b: network.join(m.EndpointRequest.parse(b)))
-    route("/NetworkDriver.Leave", lambda b: _validated(m.EndpointRequest.parse(b)))
+    route("/NetworkDriver.Leave", lambda b: _leave(m.EndpointRequest.parse(b)))
     route("/NetworkDriver.DiscoverNew", lambda b: {})
     route("/NetworkDriver.DiscoverDelete", lambda b: {})
     # Port publishing comes from docker_gwbridge (Join gives no gateway), so nothing to program here.
@@ -195,9 +202,18 @@ def create_app(
     route("/IpamDriver.GetDefaultAddressSpaces", lambda b: ipam.default_address_spaces())
     route("/IpamDriver.RequestPool", lambda b: ipam.request_pool(m.RequestPoolRequest.parse(b)))
     route("/IpamDriver.ReleasePool", lambda b: ipam.release_pool(m.PoolRequest.parse(b).pool_id))
-    route("/IpamDriver.RequestAddress", lambda b: ipam.request_address(m.RequestAddressRequest.parse(b)))
+    route(
+        "/IpamDriver.RequestAddress",
+        lambda b: ipam.request_address(m.RequestAddressRequest.parse(b), g.request_key),
+    )
     route("/IpamDriver.ReleaseAddress", lambda b: ipam.release_address(m.ReleaseAddressRequest.parse(b)))
     return app
+
+
+def _leave(_request: m.EndpointRequest) -> dict[str, Any]:
+    # Leave changes nothing: the veth goes with DeleteEndpoint
+    failpoints.hit("Leave.before_answer")
+    return {}
 
 
 def _validated(_request: object, answer: dict[str, Any] | None = None) -> dict[str, Any]:

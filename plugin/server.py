@@ -8,7 +8,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from . import native_memory, pidfile
+from . import failpoints, native_memory, pidfile
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,14 @@ class AgentServer(BaseApplication):
         # Built in the worker, after the fork: netlink sockets and gRPC channels never cross a fork.
         from .agent import Agent
         from .app import create_app
+        from .journal import RequestJournal
 
         logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug output is every netlink message
         self.agent = Agent(self.settings)
-        return create_app(self.agent.network, self.agent.ipam, check_identity=self.agent.check_identity)
+        journal = RequestJournal(os.path.join(self.settings.state_dir, "inflight"))
+        return create_app(
+            self.agent.network, self.agent.ipam, journal=journal, check_identity=self.agent.check_identity
+        )
 
     def _post_worker_init(self, worker: Any) -> None:
         worker.app.agent.start()
@@ -60,6 +64,7 @@ class AgentServer(BaseApplication):
 
 
 def serve(settings: Settings) -> None:
+    failpoints.configure()  # a test facility: nothing unless PYOVERLAY_FAILPOINTS names points
     pid_file = pidfile.claim(settings.state_dir)  # the master's pid: `pyoverlay stop` signals it
     native_memory.fix_mmap_threshold()  # before the fork: the worker inherits it
     try:

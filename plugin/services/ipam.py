@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from kvstore import GATEWAY_OWNER, REQUEST_OWNER_PREFIX, NotFound, Store
 
+from .. import failpoints
 from ..errors import BadRequest, ConflictError
 from ..messages import ReleaseAddressRequest, RequestAddressRequest, RequestPoolRequest
 
@@ -50,6 +51,7 @@ class IpamService:
             else (self.default_pool, self.default_pool_size)
         )
         pool = self.store.request_pool(self.host_id, subnet, ip_range, default, size)
+        failpoints.hit("RequestPool.after_store")
         return {"PoolID": pool.pool_id, "Pool": pool.subnet, "Data": {}}
 
     def _refuse_second_network(self, subnet: str) -> None:
@@ -69,8 +71,11 @@ class IpamService:
 
     def release_pool(self, pool_id: str) -> None:
         self.store.release_pool(self.host_id, pool_id)
+        failpoints.hit("ReleasePool.after_store")
 
-    def request_address(self, req: RequestAddressRequest) -> dict[str, object]:
+    def request_address(
+        self, req: RequestAddressRequest, request_key: str | None = None
+    ) -> dict[str, object]:
         pool = self.store.get_pool(req.pool_id)
         if req.is_gateway:
             owner = GATEWAY_OWNER
@@ -79,13 +84,16 @@ class IpamService:
         else:
             # Docker (< 29) sends no key without RequiresMACAddress: each request owns its address, so a
             # second container asking for a taken --ip gets a conflict (a resent request does too)
-            owner = REQUEST_OWNER_PREFIX + secrets.token_hex(8)  # until CreateEndpoint adopts it
+            # until CreateEndpoint adopts it; a request resent after a crash has the same key (its journal's)
+            owner = REQUEST_OWNER_PREFIX + (request_key or secrets.token_hex(8))
         address = self.store.reserve_address(pool.pool_id, owner, self.host_id, req.address)
+        failpoints.hit("RequestAddress.after_store")
         prefixlen = ipaddress.ip_network(pool.subnet).prefixlen
         return {"Address": f"{address}/{prefixlen}", "Data": {}}
 
     def release_address(self, req: ReleaseAddressRequest) -> None:
         self.store.release_address(req.pool_id, req.address)
+        failpoints.hit("ReleaseAddress.after_store")
 
 
 def _subnet(value: str, what: str, version: int) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from driver import Dataplane, DataplaneError
 from kvstore import HOST_KIND, Endpoint, Network, NotFound, Store
 
+from .. import failpoints
 from ..errors import BadRequest, UnknownObject
 from ..messages import MTU_OPTION, CreateEndpointRequest, CreateNetworkRequest, EndpointRequest, IPAMData
 from .ipam import ADDRESS_SPACE
@@ -85,6 +86,7 @@ class NetworkService:
         except NotFound:
             existing = None
         network = existing or self.store.create_network(self.host_id, req.docker_network_id, wanted)
+        failpoints.hit("CreateNetwork.after_store")
         try:
             self.dataplane.ensure_network(network.vni, self.mtu_for(network), self.vtep, self.vxlan_port)
         except DataplaneError:
@@ -94,6 +96,7 @@ class NetworkService:
                 # joined a network made elsewhere: deleting it would remove it (or our membership) for all
                 self.store.unbind(self.host_id, req.docker_network_id)
             raise
+        failpoints.hit("CreateNetwork.after_kernel")
         self.on_change(network.network_id)
 
     def _check_mtu(self, mtu: int, pool_id: str | None) -> None:
@@ -150,7 +153,9 @@ class NetworkService:
                     network.name or docker_network_id[:12],
                     ", ".join(hosts),
                 )
+        failpoints.hit("DeleteNetwork.after_store")
         self.dataplane.delete_network(network.vni)
+        failpoints.hit("DeleteNetwork.after_kernel")
         # a kick naming the network would make an event loop that has not yet seen the binding go sync it,
         # rebuilding its devices once more; a bare kick only collects devices no bound network wants
         self.on_change("")
@@ -204,6 +209,7 @@ class NetworkService:
             adopt = network.pool_id if network.pool_id and req.address else None
             adopt6 = network.pool6_id if network.pool6_id and req.ipv6_address else None
             self.store.put_endpoint(endpoint, adopt_from_pool=adopt, adopt6_from_pool=adopt6)
+        failpoints.hit("CreateEndpoint.after_store")
         mtu = self.mtu_for(network)
         try:
             if not self.dataplane.has_network(network.vni):
@@ -215,6 +221,7 @@ class NetworkService:
         except DataplaneError:
             self._remove_endpoint(req.endpoint_id, network.vni)
             raise
+        failpoints.hit("CreateEndpoint.after_kernel")
         # only fields Docker left empty are answered: echoing one it set is an error
         return {"Interface": {} if req.mac else {"MacAddress": mac}}
 
@@ -224,13 +231,15 @@ class NetworkService:
         if vni is None:
             with contextlib.suppress(NotFound):
                 vni = self.store.network_for(self.host_id, req.docker_network_id).vni
-        self._remove_endpoint(req.endpoint_id, vni)
+        self._remove_endpoint(req.endpoint_id, vni, failpoint="DeleteEndpoint")
 
-    def _remove_endpoint(self, endpoint_id: str, vni: int | None) -> None:
+    def _remove_endpoint(self, endpoint_id: str, vni: int | None, failpoint: str = "") -> None:
         try:
             self.dataplane.delete_endpoint(endpoint_id, vni)
+            failpoints.hit(f"{failpoint}.after_kernel")
         finally:
             self.store.delete_endpoint(endpoint_id)
+        failpoints.hit(f"{failpoint}.after_store")
 
     def endpoint(self, req: EndpointRequest) -> Endpoint:
         return self._endpoint_on_network(req)[0]
@@ -255,6 +264,7 @@ class NetworkService:
         container_side = self.dataplane.join_endpoint(
             network.vni, endpoint.endpoint_id, endpoint.mac, self.mtu_for(network), addresses
         )
+        failpoints.hit("Join.after_kernel")
         for ip in (endpoint.ip, endpoint.ip6):
             if not ip:
                 continue
