@@ -363,6 +363,12 @@ class Dataplane:
                 continue  # removed meanwhile
         return {p for p in map(endpoint_prefix_from_name, names) if p is not None}
 
+    def loose_endpoint_ids_prefixes(self) -> set[str]:
+        """The prefixes of endpoints whose container side is in the host's namespace: not (or no longer)
+        in a container. Docker moves it into the container at Join and back when the sandbox goes."""
+        names = self._link_names(self._host)
+        return {p for p in (endpoint_prefix_from_name(n, side="container") for n in names) if p is not None}
+
     def _link_names(self, ipr: IPRoute) -> list[str]:
         with kernel_op(f"netns {self.netns or '(current)'}", "list links"):
             return [link.get("ifname") for link in ipr.link("dump")]

@@ -15,6 +15,7 @@ ENDPOINT_PREFIX_LEN = 12
 _ENDPOINT_ID = re.compile(r"^[0-9a-zA-Z]{12,}$")
 _NETWORK_NAME = re.compile(r"^(?:pobr|povx)([1-9][0-9]{0,7})$")
 _HOST_VETH = re.compile(r"^poh([0-9a-zA-Z]{12})$")
+_CONTAINER_VETH = re.compile(r"^poc([0-9a-zA-Z]{12})$")
 _RETIRED_VETH = re.compile(r"^podel[1-9][0-9]{0,9}$")
 
 
@@ -54,9 +55,10 @@ def vni_from_name(ifname: str) -> int | None:
     return int(match.group(1)) if match and int(match.group(1)) <= MAX_VNI else None
 
 
-def endpoint_prefix_from_name(ifname: str) -> str | None:
-    """The 12-character endpoint ID prefix of a host-side veth name, or None for any other name."""
-    match = _HOST_VETH.match(ifname)
+def endpoint_prefix_from_name(ifname: str, side: str = "host") -> str | None:
+    """The 12-character endpoint ID prefix of a host-side (or, with side="container", a container-side)
+    veth name, or None for any other name."""
+    match = (_HOST_VETH if side == "host" else _CONTAINER_VETH).match(ifname)
     return match.group(1) if match else None
 
 

@@ -92,6 +92,8 @@ class Agent:
             view=self.loop.view,
             kick=self.loop.kick,
             driver_name=settings.driver_name,
+            loose_endpoint_prefixes=self.dataplane.loose_endpoint_ids_prefixes,
+            remove_veth=self.dataplane.delete_endpoint,
         )
         self.dns: DnsServer | None = None
         if settings.dns_address:

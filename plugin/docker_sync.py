@@ -22,6 +22,7 @@ from typing import Any
 import docker
 from docker.types import IPAMConfig, IPAMPool
 
+from driver import DataplaneError
 from kvstore import HOST_KIND, Endpoint, Network, NotFound, Store, StoreError
 
 from .containers import (
@@ -39,7 +40,9 @@ log = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 5.0
 UNIX_SOCKET_URL = "http+docker://localhost"  # the docker SDK's base URL for a daemon on a unix socket
-STALE_SECONDS = 30.0  # how long an own endpoint may lack both veth and container before it is removed
+# How long an own endpoint may be in no container (and its veth gone, or in no container either) before it
+# is removed: longer than Docker's ~30 s of retries of a request that met an agent restart.
+STALE_SECONDS = 30.0
 
 
 class DockerSync:
@@ -52,10 +55,14 @@ class DockerSync:
         kick: Callable[[str], None] = lambda network_id: None,
         driver_name: str = "",
         askers: Askers | None = None,
+        loose_endpoint_prefixes: Callable[[], set[str]] = set,
+        remove_veth: Callable[[str], None] = lambda endpoint_id: None,
     ) -> None:
         self.store = store
         self.host_id = host_id
         self.local_endpoint_prefixes = local_endpoint_prefixes  # id prefixes of the veths on this host
+        self.loose_endpoint_prefixes = loose_endpoint_prefixes  # of those whose container side is here
+        self.remove_veth = remove_veth
         self.view = view  # the event loop's view: this host's endpoints
         self.kick = kick  # tells the event loop a network changed here
         self._stale: dict[str, float] = {}  # own endpoint id -> since when it has no veth and no container
@@ -247,19 +254,22 @@ class DockerSync:
         return endpoint if endpoint.host_id == self.host_id else None
 
     def _collect_own_garbage(self, joined: set[str], view: View) -> None:
-        """Endpoints of this host that lost both their veth and their container (the host rebooted, the
-        plugin was disabled when the container stopped) are removed with their address, once they have
-        looked so for STALE_SECONDS. CreateEndpoint writes the record before the veth: records are read
-        before links, and the grace period covers a request in flight."""
+        """Endpoints of this host in no container of this daemon whose veth is gone (the host rebooted, the
+        plugin was disabled when the container stopped) or in no container either (Docker went on after a
+        DeleteEndpoint that met an agent restart and came back without its body) are removed with their
+        veth and address, once they have looked so for STALE_SECONDS. CreateEndpoint writes the record
+        before the veth, and Docker moves the veth only at Join: records are read before links, and the
+        grace period covers a request in flight. A veth inside a container is never taken."""
         # an exposure has no veth; links are listed only when an endpoint is in no container (a pass
         # runs on every Docker event, and a listing decodes every link of the host)
         unjoined = [e for e in view.endpoints.values() if e.kind != HOST_KIND and e.endpoint_id not in joined]
         prefixes = self.local_endpoint_prefixes() if unjoined else set()
+        loose = self.loose_endpoint_prefixes() if unjoined else set()
         now = time.monotonic()
         stale = {
             e.endpoint_id: self._stale.get(e.endpoint_id, now)
             for e in unjoined
-            if e.endpoint_id[:12] not in prefixes
+            if e.endpoint_id[:12] not in prefixes or e.endpoint_id[:12] in loose
         }
         self._stale = stale
         for endpoint_id, since in stale.items():
@@ -270,7 +280,12 @@ class DockerSync:
                 network = self.store.get_network(endpoint.network_id)
             except NotFound:
                 continue
-            log.info("removing endpoint %s: no veth and no container on this host", endpoint_id[:12])
+            log.info("removing endpoint %s: in no container on this host", endpoint_id[:12])
+            try:
+                self.remove_veth(endpoint_id)  # first: a record gone would leave the veth unknown
+            except DataplaneError as exc:
+                log.warning("endpoint %s: cannot remove its veth: %s", endpoint_id[:12], exc)
+                continue
             self.store.delete_endpoint(endpoint_id)
             for pool_id, address in ((network.pool_id, endpoint.ip), (network.pool6_id, endpoint.ip6)):
                 # only while the endpoint's MAC still owns it: Docker may have given it to another container

@@ -19,6 +19,7 @@ class MemoryDataplane:
         self.secured: dict[
             str, tuple[str, tuple[str, ...]]
         ] = {}  # endpoint id -> its port's (MAC, addresses)
+        self.plugged: set[str] = set()  # endpoints whose container side Docker moved into a container
         self.host_addresses: dict[int, tuple[str, str]] = {}  # vni -> (address CIDR, MAC): exposed here
         self.calls: list[tuple[str, object]] = []  # (method, main argument), in order
         self.peer_reads = 0  # read_peers calls: what the event loop costs the kernel
@@ -104,6 +105,7 @@ class MemoryDataplane:
             self.calls.append(("delete_endpoint", endpoint_id))
             self.endpoints.pop(endpoint_id, None)
             self.secured.pop(endpoint_id, None)
+            self.plugged.discard(endpoint_id)
 
     def settle(self, timeout: float | None = None) -> bool:
         return True  # deletions here are immediate: nothing is ever deferred
@@ -127,6 +129,15 @@ class MemoryDataplane:
     def endpoint_ids_prefixes(self) -> set[str]:
         with self._lock:
             return {endpoint_id[:12] for endpoint_id in self.endpoints}
+
+    def loose_endpoint_ids_prefixes(self) -> set[str]:
+        with self._lock:
+            return {endpoint_id[:12] for endpoint_id in self.endpoints if endpoint_id not in self.plugged}
+
+    def plug(self, endpoint_id: str) -> None:
+        """What Docker does at Join: the container side moves into the container."""
+        with self._lock:
+            self.plugged.add(endpoint_id)
 
     def read_peers(self, vni: int) -> PeerState:
         with self._lock:

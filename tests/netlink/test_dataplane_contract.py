@@ -2,6 +2,7 @@
 MemoryDataplane, which the service tier and the scale benchmark use in its place: what each method
 leaves observable through the others must be the same."""
 
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -39,6 +40,41 @@ def test_network_lifecycle_is_idempotent(plane) -> None:
     assert not plane.has_network(TEST_VNI)
     with pytest.raises(ValueError):
         plane.ensure_network(0, 1450, "192.0.2.1")
+
+
+def plug(plane, endpoint_id: str, request: pytest.FixtureRequest) -> None:
+    """What Docker does at Join: move the container side of the endpoint's veth into a container."""
+    if isinstance(plane, MemoryDataplane):
+        plane.plug(endpoint_id)
+        return
+    container = request.getfixturevalue("make_netns")()  # another throwaway namespace: the container's
+    subprocess.run(
+        [
+            "ip",
+            "-n",
+            request.getfixturevalue("ns"),
+            "link",
+            "set",
+            "poc" + endpoint_id[:12],
+            "netns",
+            container,
+        ],
+        check=True,
+    )
+
+
+def test_loose_endpoints_are_those_in_no_container(plane, request: pytest.FixtureRequest) -> None:
+    other = "contract" + "ef" * 28
+    plane.ensure_network(TEST_VNI, 1450, "192.0.2.1")
+    for endpoint_id, mac in ((ENDPOINT, "02:42:0a:01:00:02"), (other, "02:42:0a:01:00:05")):
+        plane.ensure_endpoint(TEST_VNI, endpoint_id, mac, 1450)
+    assert plane.loose_endpoint_ids_prefixes() == {ENDPOINT[:12], other[:12]}  # made, not joined yet
+    plug(plane, ENDPOINT, request)
+    assert plane.loose_endpoint_ids_prefixes() == {other[:12]}
+    assert plane.endpoint_ids_prefixes() == {ENDPOINT[:12], other[:12]}  # both ports are on the bridge
+    plane.delete_endpoint(other)
+    plane.settle()  # the pair's deletion is deferred to the reaper
+    assert plane.loose_endpoint_ids_prefixes() == set()
 
 
 def test_endpoints_need_their_network_and_go_with_it(plane) -> None:

@@ -177,7 +177,14 @@ def make_host(kv: SqliteKV) -> Iterator[Callable[..., Host]]:
             store, dp, host_id, ensure_devices=ensure_devices, resync_interval=3600, vxlan_port=VXLAN_PORT
         )
         sync = DockerSync(
-            store, host_id, dp.endpoint_ids_prefixes, view=loop.view, kick=loop.kick, driver_name="pyoverlay"
+            store,
+            host_id,
+            dp.endpoint_ids_prefixes,
+            view=loop.view,
+            kick=loop.kick,
+            driver_name="pyoverlay",
+            loose_endpoint_prefixes=dp.loose_endpoint_ids_prefixes,
+            remove_veth=dp.delete_endpoint,
         )
         loop.on_network_event = sync.wake
         host = Host(host_id, vtep, store, dp, network, ipam, loop, sync)

@@ -216,6 +216,7 @@ def test_own_endpoints_without_veth_or_container_are_collected_after_a_grace_per
 ):
     mine = host_a.create_network("10.30.0.0/24")
     kept, gone, in_container = (host_a.create_endpoint(mine) for _ in range(3))
+    host_a.dp.plug(kept[0])  # in a container this daemon does not list
     for endpoint_id, _, _ in (gone, in_container):
         del host_a.dp.endpoints[endpoint_id]  # the veth went (a reboot)
     daemon_a = daemon_of(listed(host_a))
@@ -231,6 +232,39 @@ def test_own_endpoints_without_veth_or_container_are_collected_after_a_grace_per
     assert gone[1].split("/")[0] not in addresses
     assert {addresses[a.split("/")[0]] for _, a, _ in (kept, in_container)} == {kept[2], in_container[2]}
     assert addresses["10.30.0.1"] == "gateway"
+
+
+def test_own_endpoints_whose_veth_is_in_no_container_are_collected_with_it(host_a: Host, monkeypatch):
+    # Docker went on after a DeleteEndpoint that met an agent restart and came back without its body:
+    # the record, the address and the veth stay, its container side back in the host's namespace
+    mine = host_a.create_network("10.30.0.0/24")
+    left, joined, just_made = (host_a.create_endpoint(mine) for _ in range(3))
+    for endpoint_id in (left[0], joined[0]):
+        host_a.dp.plug(endpoint_id)  # Docker moved both into their containers at Join
+    host_a.dp.plugged.discard(left[0])  # and moved left's back when its sandbox went
+    daemon_a = daemon_of(listed(host_a))
+    daemon_a.add(mine, "web", {"c0ffee": {"EndpointID": joined[0], "Name": "db"}})
+    host_a.sync.sync_once()
+    assert len(host_a.store.list_endpoints()) == 3  # within the grace period: just_made awaits its Join
+    monkeypatch.setattr(plugin.docker_sync, "STALE_SECONDS", 0.0)
+    host_a.dp.plug(just_made[0])  # its Join came
+    daemon_a.add(mine, "app", {"beef": {"EndpointID": just_made[0], "Name": "app"}})
+    host_a.sync.sync_once()
+    assert {e.endpoint_id for e in host_a.store.list_endpoints()} == {joined[0], just_made[0]}
+    assert set(host_a.dp.endpoints) == {joined[0], just_made[0]}
+    assert left[1].split("/")[0] not in host_a.store.list_addresses(mine.pool_id)
+
+
+def test_a_veth_in_a_container_is_never_collected(host_a: Host, monkeypatch):
+    mine = host_a.create_network("10.30.0.0/24")
+    endpoint_id = host_a.create_endpoint(mine)[0]
+    host_a.dp.plug(endpoint_id)  # in a container this daemon does not list (yet): never taken
+    monkeypatch.setattr(plugin.docker_sync, "STALE_SECONDS", 0.0)
+    daemon_of(listed(host_a)).add(mine, "web", {})
+    host_a.sync.sync_once()
+    host_a.sync.sync_once()
+    assert [e.endpoint_id for e in host_a.store.list_endpoints()] == [endpoint_id]
+    assert endpoint_id in host_a.dp.endpoints
 
 
 def test_a_binding_this_daemon_lost_is_dropped_after_a_grace_period(host_a: Host, monkeypatch):
