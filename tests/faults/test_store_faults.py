@@ -236,7 +236,7 @@ def test_compaction_during_churn_relists_and_ends_like_a_fresh_agent(make_lab):
         h2.kill_agent(signal.SIGSTOP, wait=False)
         try:
             churn(h1, 4)
-            flood(lab, record[0], json.dumps(record[1]), 400)
+            rewrites = flood(lab, record[0], json.dumps(record[1]))
             compact_now(lab)
         finally:
             h2.kill_agent(signal.SIGCONT, wait=False)
@@ -264,6 +264,7 @@ def test_compaction_during_churn_relists_and_ends_like_a_fresh_agent(make_lab):
         "T7",
         f"{cycles} run(/rm) cycles per host on 2 hosts, etcd compacted every ~0.1 s, h2's agent stalled",
         compactions=len(compactions),
+        stalled_watch_rewrites=rewrites,
         relists_after_compaction=relists,
         fdb_entries={n: sum(len(v["fdb"]) for v in d[0].values()) for n, d in dumps.items()},
         kernel_identical_to_fresh=True,
@@ -283,20 +284,37 @@ def settle(h, quiet: float = 2.0, limit: float = 30.0) -> dict[str, object]:
 
 
 FLOOD = r"""
-import json, sys, etcd3
-url, key, value, n = sys.argv[1:]
+import json, sys, time, urllib.request, etcd3
+url, key, value, limit = sys.argv[1:]
 host, port = url.rsplit("//", 1)[1].split(":")
 client = etcd3.client(host=host, port=int(port))
 padded = json.dumps({**json.loads(value), "pad": "x" * 64_000})  # a field no reader knows: ignored
-for _ in range(int(n)):
-    client.put(key, padded)
+
+def slow_watchers():
+    for line in urllib.request.urlopen(url + "/metrics", timeout=5).read().decode().splitlines():
+        if line.startswith("etcd_debugging_mvcc_slow_watcher_total "):
+            return float(line.split()[1])
+    return 0.0
+
+puts = 0
+while puts < int(limit):
+    for _ in range(25):
+        client.put(key, padded)
+    puts += 25
+    if slow_watchers() >= 1:
+        time.sleep(0.5)  # a watcher that only lagged for a moment catches up; the stalled one cannot
+        if slow_watchers() >= 1:
+            break
 client.put(key, value)
+print(puts)
 """
 
 
-def flood(lab, key: str, value: str, n: int) -> None:
-    """Rewrite ``key`` ``n`` times with its own record padded by an unknown field (64 KB), then with the
-    record itself: more events than a stalled watcher's buffers hold (etcd queues 128 responses per
-    watch, gRPC a few MB), and nothing changed in the end."""
+def flood(lab, key: str, value: str, limit: int = 4000) -> int:
+    """Rewrite ``key`` with its own record padded by an unknown field (64 KB) until etcd counts a slow
+    watcher (one whose buffers are full: 128 responses queued, and what gRPC and TCP hold, which grows
+    with the traffic seen before), then with the record itself: nothing changed in the end. Returns
+    the number of rewrites."""
     python = str(Path(lab.agent_command[0]).with_name("python"))
-    lab.underlay_run([python, "-c", FLOOD, lab.etcd_endpoint, key, value, str(n)], timeout=120)
+    out = lab.underlay_run([python, "-c", FLOOD, lab.etcd_endpoint, key, value, str(limit)], timeout=300)
+    return int(out.stdout.split()[-1])
