@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tests.lab.system import DF_PING_SCRIPT
 from tests.multihost.test_overlay import SLEEP, converge_ping, create_everywhere, ip_of
 
 from .conftest import report
@@ -19,46 +20,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.faults]
 MOVE_BOUND = 1.0  # seconds: the issue's "after 1 s"
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
-# One ICMP echo with DF (IP_PMTUDISC_DO) of argv[2] payload bytes; prints what came back: "reply",
-# "emsgsize" (refused at once by the sender's own route MTU), "frag-needed <mtu>" (an ICMP from the
-# path), or "silence" (a black hole). Our own probe: tests/lab's DF ping only tells reply from no reply.
-PMTU_PROBE = r"""
-import os, socket, struct, sys, time
-dst, size, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO
-ident = os.getpid() & 0xFFFF
-def csum(b):
-    b += b"\0" * (len(b) % 2)
-    t = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    t = (t >> 16) + (t & 0xFFFF)
-    return ~(t + (t >> 16)) & 0xFFFF
-body = bytes(size)
-pkt = struct.pack("!BBHHH", 8, 0, csum(struct.pack("!BBHHH", 8, 0, 0, ident, 1) + body), ident, 1) + body
-start = time.monotonic()
-try:
-    s.sendto(pkt, (dst, 0))
-except OSError as e:
-    print(f"emsgsize {time.monotonic() - start:.4f} {e}" if e.errno == 90 else f"error {e}")
-    sys.exit(0)
-while (left := start + timeout - time.monotonic()) > 0:
-    s.settimeout(left)
-    try:
-        data, addr = s.recvfrom(65535)
-    except socket.timeout:
-        break
-    ihl = (data[0] & 0x0F) * 4
-    kind, code, _, rid, mtu = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-    took = time.monotonic() - start
-    if addr[0] == dst and kind == 0 and rid == ident:
-        print(f"reply {took:.4f} {len(data)}")
-        sys.exit(0)
-    if kind == 3 and code == 4:  # destination unreachable, fragmentation needed: rid is unused here
-        print(f"frag-needed {took:.4f} {mtu} from {addr[0]}")
-        sys.exit(0)
-print(f"silence {timeout}")
-"""
-
 
 def sandbox(h, container: str) -> str:
     return h.docker("inspect", "-f", "{{.NetworkSettings.SandboxKey}}", container).stdout.strip()
@@ -67,7 +28,8 @@ def sandbox(h, container: str) -> str:
 def probe(h, dst: str, size: int, netns: str | None = None, timeout: float = 3.0) -> tuple[str, float]:
     """(outcome, seconds) of one DF echo of ``size`` payload bytes, from h or from a namespace on h."""
     enter = ["nsenter", f"--net={netns}"] if netns else []
-    out = h.run([*enter, sys.executable, "-c", PMTU_PROBE, dst, str(size), str(timeout)]).stdout.split()
+    cmd = [*enter, sys.executable, "-c", DF_PING_SCRIPT, dst, str(size), str(timeout)]
+    out = h.run(cmd, check=False).stdout.split()
     return out[0], float(out[1])
 
 

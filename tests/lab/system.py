@@ -227,7 +227,10 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 
 # ICMP echo with DF set (IP_PMTUDISC_DO): the host has no iputils ping and busybox's cannot set DF.
-# argv: destination, payload bytes, timeout seconds. Exit 0 on a reply, 1 otherwise.
+# argv: destination, payload bytes, timeout seconds. Prints what came back, with the seconds it took:
+# "reply <s> <IP length>", "emsgsize <s> <error>" (refused at once by the sender's own route MTU),
+# "frag-needed <s> <mtu> from <address>" (an ICMP from the path), or "silence <timeout>" (a black hole).
+# Exit 0 on a reply, 1 otherwise.
 DF_PING_SCRIPT = r"""
 import os, socket, struct, sys, time
 dst, size, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
@@ -241,21 +244,27 @@ def csum(b):
     return ~(t + (t >> 16)) & 0xFFFF
 body = bytes(size)
 pkt = struct.pack("!BBHHH", 8, 0, csum(struct.pack("!BBHHH", 8, 0, 0, ident, 1) + body), ident, 1) + body
+start = time.monotonic()
 try:
     s.sendto(pkt, (dst, 0))
 except OSError as e:
-    sys.exit(f"send {size} bytes to {dst}: {e}")
-deadline = time.monotonic() + timeout
-while (left := deadline - time.monotonic()) > 0:
+    print(f"emsgsize {time.monotonic() - start:.4f} {e}" if e.errno == 90 else f"error 0 {e}")
+    sys.exit(1)
+while (left := start + timeout - time.monotonic()) > 0:
     s.settimeout(left)
     try:
         data, addr = s.recvfrom(65535)
     except socket.timeout:
         break
     ihl = (data[0] & 0x0F) * 4
-    kind, _, _, rid = struct.unpack("!BBHH", data[ihl:ihl + 6])
+    kind, code, _, rid, mtu = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+    took = time.monotonic() - start
     if addr[0] == dst and kind == 0 and rid == ident:
-        print(f"{len(data) - ihl - 8} bytes from {dst}: DF echo reply, IP length {len(data)}")
+        print(f"reply {took:.4f} IP length {len(data)}")
         sys.exit(0)
-sys.exit(f"no echo reply from {dst} within {timeout}s")
+    if kind == 3 and code == 4:  # destination unreachable, fragmentation needed: rid is unused here
+        print(f"frag-needed {took:.4f} {mtu} from {addr[0]}")
+        sys.exit(1)
+print(f"silence {timeout}")
+sys.exit(1)
 """

@@ -91,7 +91,7 @@ def test_two_hosts_underlay_docker_and_plugin_dirs(make_lab) -> None:
     # Underlay: full-size DF packets pass, one byte more does not.
     assert "IP length 9000" in h1.ping(h2.address, 9000 - 28).stdout
     too_big = h1.ping(h2.address, 9000 - 28 + 1, check=False)
-    assert too_big.returncode != 0 and "too long" in too_big.stderr.lower(), too_big.stderr
+    assert too_big.returncode != 0 and "too long" in too_big.stdout.lower(), too_big.stdout
     assert h2.run(["ip", "route", "show", "default"]).stdout.startswith(f"default via {lab.underlay_address}")
     assert "mtu 9000" in h2.run(["ip", "link", "show", "eth0"]).stdout
     # A fresh host's docker: FORWARD policy DROP.
