@@ -242,7 +242,9 @@ def fuzz_agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Agent
     an etcd of its own, listening in the root namespace on a link private to this host."""
     host = NetnsHost(tmp_path)
     etcd = EtcdServer(host=private_link(host)) if request.param == "etcd" else None  # its data on tmpfs
-    agent = AgentProcess(host, etcd.start().endpoint if etcd else "")
+    # No daemon: its Docker sync would rightly remove, 30 s on, the networks the fuzz made that it lacks
+    no_docker = {"DOCKER_HOST": f"unix://{tmp_path}/no-dockerd.sock"}
+    agent = AgentProcess(host, etcd.start().endpoint if etcd else "", env=no_docker)
     try:
         agent.start()
         yield agent
