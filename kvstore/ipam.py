@@ -268,9 +268,10 @@ class IpamPolicy:
                 else:
                     cached[2].discard(value)
 
-    def release_address(self, pool_id: str, address: str) -> None:
+    def release_address(self, pool_id: str, address: str, unadopted_only: bool = False) -> None:
         """Free the address. Unknown pool or free address: no-op. The gateway is not freed here
-        (it belongs to the pool and goes with it)."""
+        (it belongs to the pool and goes with it). With ``unadopted_only``, only while a request still
+        owns it (REQUEST_OWNER_PREFIX): no endpoint has taken it since."""
         freed = str(alloc.parse_address(address))
         key = address_prefix(pool_id) + freed
 
@@ -278,6 +279,8 @@ class IpamPolicy:
             [current] = self._kv.get(key)
             if current is None or load(current).get("owner") == GATEWAY_OWNER:
                 return None  # the gateway goes with the pool
+            if unadopted_only and not load(current)["owner"].startswith(REQUEST_OWNER_PREFIX):
+                return None
             owner_key = owner_prefix(pool_id) + load(current)["owner"]
             if self._txn([unchanged(key, current)], [Delete(key), Delete(owner_key)]) is RETRY:
                 return RETRY

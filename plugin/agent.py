@@ -197,6 +197,7 @@ class Agent:
         if not self._claimed:
             self._claimed = True
             self._start_threads((("event-loop", self.loop.run), ("docker-sync", self.docker_sync.run)))
+        self.ipam.release_unreleased()  # the store answers again: what Docker asked while it was away
 
     def _heartbeat(self, stop: threading.Event) -> None:
         failures = 0

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import secrets
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
-from kvstore import GATEWAY_OWNER, REQUEST_OWNER_PREFIX, NotFound, Store
+from kvstore import GATEWAY_OWNER, REQUEST_OWNER_PREFIX, NotFound, Store, StoreError, StoreUnavailable
 
 from .. import failpoints
 from ..errors import BadRequest, ConflictError
 from ..messages import ReleaseAddressRequest, RequestAddressRequest, RequestPoolRequest
 
 ADDRESS_SPACE = "pyoverlay"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,6 +27,10 @@ class IpamService:
     default_pool_size: int
     default_pool6: str = "fd70:796f:7600::/48"
     default_pool6_size: int = 64
+    # Releases the store was away for, retried by release_unreleased(): Docker ignores a failed release,
+    # and an address a request reserved whose CreateEndpoint then failed would otherwise stay taken.
+    _unreleased: set[tuple[str, str]] = field(default_factory=set)
+    _unreleased_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def capabilities(self) -> dict[str, bool]:
         # No MAC: Docker would make up a random one, put it on the container and forbid the network driver
@@ -92,8 +100,32 @@ class IpamService:
         return {"Address": f"{address}/{prefixlen}", "Data": {}}
 
     def release_address(self, req: ReleaseAddressRequest) -> None:
-        self.store.release_address(req.pool_id, req.address)
+        try:
+            self.store.release_address(req.pool_id, req.address)
+        except StoreUnavailable:
+            with self._unreleased_lock:
+                self._unreleased.add((req.pool_id, req.address))
+            raise
         failpoints.hit("ReleaseAddress.after_store")
+
+    def release_unreleased(self) -> int:
+        """Retry the releases the store was away for, each only while no endpoint has adopted the address
+        since (one that did holds it by its MAC: Docker sync frees it with the endpoint); returns how many
+        went through. Kept in memory: an agent restarted meanwhile forgets them."""
+        with self._unreleased_lock:
+            pending = sorted(self._unreleased)
+        done = 0
+        for pool_id, address in pending:
+            try:
+                self.store.release_address(pool_id, address, unadopted_only=True)
+            except StoreError:
+                break  # away again: the next call tries the rest
+            with self._unreleased_lock:
+                self._unreleased.discard((pool_id, address))
+            done += 1
+        if done:
+            log.info("released %d addresses whose release met the store away", done)
+        return done
 
 
 def _subnet(value: str, what: str, version: int) -> str:

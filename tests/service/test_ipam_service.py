@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from kvstore import REQUEST_OWNER_PREFIX, Conflict, InvalidRequest, NotFound
+from kvstore import REQUEST_OWNER_PREFIX, Conflict, InvalidRequest, NotFound, StoreUnavailable
 from plugin.errors import BadRequest, ConflictError
 from plugin.messages import ReleaseAddressRequest, RequestAddressRequest, RequestPoolRequest
 
@@ -165,3 +165,26 @@ def test_without_a_mac_each_request_owns_its_address(host_a: Host, host_b: Host)
     assert len(set(owners.values())) == 2 and all(o.startswith(REQUEST_OWNER_PREFIX) for o in owners.values())
     with pytest.raises(NotFound, match="10.99.0.0/24"):
         address(host_a, "10.99.0.0/24")
+
+
+def test_a_release_the_store_was_away_for_goes_through_when_it_is_back(host_a: Host, monkeypatch):
+    # Docker ignores a failed ReleaseAddress: an address whose CreateEndpoint failed in an etcd outage,
+    # released while etcd was still away, must not stay taken for good
+    pool_id = pool(host_a, "10.30.0.0/24")["PoolID"]
+    left, adopted = (address(host_a, pool_id).split("/")[0] for _ in range(2))
+    store_release = host_a.store.release_address
+
+    def away(*_: object, **__: object) -> None:
+        raise StoreUnavailable("etcd at http://10.0.0.1:2379 is unreachable")
+
+    monkeypatch.setattr(host_a.store, "release_address", away)
+    for bare in (left, adopted):
+        with pytest.raises(StoreUnavailable):
+            release(host_a, pool_id, bare)
+    assert host_a.ipam.release_unreleased() == 0  # still away
+    monkeypatch.setattr(host_a.store, "release_address", store_release)
+    # the second was a container's (its endpoint holds it by MAC): Docker sync frees that one with it
+    assert host_a.store.adopt_address(pool_id, adopted, "host-a", "02:42:0a:1e:00:03")
+    assert host_a.ipam.release_unreleased() == 2
+    assert host_a.store.list_addresses(pool_id) == {adopted: "02:42:0a:1e:00:03"}
+    assert host_a.ipam.release_unreleased() == 0  # done once
