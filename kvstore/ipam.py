@@ -268,10 +268,9 @@ class IpamPolicy:
                 else:
                     cached[2].discard(value)
 
-    def release_address(self, pool_id: str, address: str, unadopted_only: bool = False) -> None:
+    def release_address(self, pool_id: str, address: str, only_owner: str | None = None) -> None:
         """Free the address. Unknown pool or free address: no-op. The gateway is not freed here
-        (it belongs to the pool and goes with it). With ``unadopted_only``, only while a request still
-        owns it (REQUEST_OWNER_PREFIX): no endpoint has taken it since."""
+        (it belongs to the pool and goes with it). With ``only_owner``, only while that owner holds it."""
         freed = str(alloc.parse_address(address))
         key = address_prefix(pool_id) + freed
 
@@ -279,7 +278,7 @@ class IpamPolicy:
             [current] = self._kv.get(key)
             if current is None or load(current).get("owner") == GATEWAY_OWNER:
                 return None  # the gateway goes with the pool
-            if unadopted_only and not load(current)["owner"].startswith(REQUEST_OWNER_PREFIX):
+            if only_owner is not None and load(current)["owner"] != only_owner:
                 return None
             owner_key = owner_prefix(pool_id) + load(current)["owner"]
             if self._txn([unchanged(key, current)], [Delete(key), Delete(owner_key)]) is RETRY:

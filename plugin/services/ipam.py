@@ -109,20 +109,25 @@ class IpamService:
         failpoints.hit("ReleaseAddress.after_store")
 
     def release_unreleased(self) -> int:
-        """Retry the releases the store was away for, each only while no endpoint has adopted the address
-        since (one that did holds it by its MAC: Docker sync frees it with the endpoint); returns how many
-        went through. Kept in memory: an agent restarted meanwhile forgets them."""
+        """Retry the releases the store was away for; returns how many went through. An address is freed
+        only while no endpoint record holds it (one that does is freed with it by Docker sync), and only
+        from the owner read here. Kept in memory: an agent restarted meanwhile forgets them."""
         with self._unreleased_lock:
             pending = sorted(self._unreleased)
         done = 0
-        for pool_id, address in pending:
-            try:
-                self.store.release_address(pool_id, address, unadopted_only=True)
-            except StoreError:
-                break  # away again: the next call tries the rest
-            with self._unreleased_lock:
-                self._unreleased.discard((pool_id, address))
-            done += 1
+        try:
+            held = (
+                {ip for e in self.store.list_endpoints() for ip in (e.ip, e.ip6) if ip} if pending else set()
+            )
+            for pool_id, address in pending:
+                owner = self.store.list_addresses(pool_id).get(address)
+                if owner is not None and address not in held:  # subnets never overlap: one pool has it
+                    self.store.release_address(pool_id, address, only_owner=owner)
+                with self._unreleased_lock:
+                    self._unreleased.discard((pool_id, address))
+                done += 1
+        except StoreError:
+            pass  # away again: the next call tries the rest
         if done:
             log.info("released %d addresses whose release met the store away", done)
         return done

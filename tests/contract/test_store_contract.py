@@ -192,7 +192,7 @@ def test_adopt_address_hands_a_request_keys_address_to_a_mac(make_store) -> None
     assert a.reserve_address(p.pool_id, "02:00:00:00:00:09", "h1", mine) == mine
 
 
-def test_release_of_an_unadopted_address_only(make_store) -> None:
+def test_release_from_one_owner_only(make_store) -> None:
     a = make_store()
     p = pool(a, "10.1.0.0/24", "h1")
     gw = a.reserve_address(p.pool_id, GATEWAY_OWNER, "h1")
@@ -200,8 +200,10 @@ def test_release_of_an_unadopted_address_only(make_store) -> None:
     taken = a.reserve_address(p.pool_id, REQUEST_OWNER_PREFIX + "2", "h1")
     assert a.adopt_address(p.pool_id, taken, "h1", "02:42:0a:01:00:03") is True  # an endpoint has it
     for address in (left, taken, gw, "10.1.0.200"):
-        a.release_address(p.pool_id, address, unadopted_only=True)
+        a.release_address(p.pool_id, address, only_owner=REQUEST_OWNER_PREFIX + "1")
     assert a.list_addresses(p.pool_id) == {gw: GATEWAY_OWNER, taken: "02:42:0a:01:00:03"}
+    a.release_address(p.pool_id, taken, only_owner="02:42:0a:01:00:03")
+    assert a.list_addresses(p.pool_id) == {gw: GATEWAY_OWNER}
 
 
 # -- networks ---------------------------------------------------------------------------------------

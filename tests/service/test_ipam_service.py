@@ -168,23 +168,25 @@ def test_without_a_mac_each_request_owns_its_address(host_a: Host, host_b: Host)
 
 
 def test_a_release_the_store_was_away_for_goes_through_when_it_is_back(host_a: Host, monkeypatch):
-    # Docker ignores a failed ReleaseAddress: an address whose CreateEndpoint failed in an etcd outage,
-    # released while etcd was still away, must not stay taken for good
-    pool_id = pool(host_a, "10.30.0.0/24")["PoolID"]
-    left, adopted = (address(host_a, pool_id).split("/")[0] for _ in range(2))
+    # Docker ignores a failed ReleaseAddress: an address released while etcd was away must not stay taken
+    net = host_a.create_network("10.30.0.0/24")
+    pool_id = net.pool_id
+    unused = address(host_a, pool_id).split("/")[0]  # its CreateEndpoint failed
+    gone_id, gone, _ = host_a.create_endpoint(net)  # its DeleteEndpoint went through, its release did not
+    host_a.delete_endpoint(net, gone_id)
+    _, kept, _ = host_a.create_endpoint(net)  # its DeleteEndpoint failed too: Docker sync frees it later
+    gone, kept = gone.split("/")[0], kept.split("/")[0]
     store_release = host_a.store.release_address
 
     def away(*_: object, **__: object) -> None:
         raise StoreUnavailable("etcd at http://10.0.0.1:2379 is unreachable")
 
     monkeypatch.setattr(host_a.store, "release_address", away)
-    for bare in (left, adopted):
+    for bare in (unused, gone, kept):
         with pytest.raises(StoreUnavailable):
             release(host_a, pool_id, bare)
     assert host_a.ipam.release_unreleased() == 0  # still away
     monkeypatch.setattr(host_a.store, "release_address", store_release)
-    # the second was a container's (its endpoint holds it by MAC): Docker sync frees that one with it
-    assert host_a.store.adopt_address(pool_id, adopted, "host-a", "02:42:0a:1e:00:03")
-    assert host_a.ipam.release_unreleased() == 2
-    assert host_a.store.list_addresses(pool_id) == {adopted: "02:42:0a:1e:00:03"}
+    assert host_a.ipam.release_unreleased() == 3
+    assert set(host_a.store.list_addresses(pool_id)) == {"10.30.0.1", kept}
     assert host_a.ipam.release_unreleased() == 0  # done once
