@@ -33,13 +33,12 @@ T = TypeVar("T")
 SHOWN_CHARS = 64  # of a value echoed in an error: a megabyte-long field must not come back to the user
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}… ({len(text)} characters)"
-
-
-def _shown(value: str) -> str:
-    """The value as an error quotes it: repr'd (control characters visible), long ones cut."""
-    return repr(value) if len(value) <= SHOWN_CHARS else f"{value[:SHOWN_CHARS]!r}… ({len(value)} characters)"
+def _clip(text: str, quote: bool = False) -> str:
+    """A value as an error shows it: cut to SHOWN_CHARS with its length; with quote, repr'd (control
+    characters visible)."""
+    cut = text[:SHOWN_CHARS]
+    shown = repr(cut) if quote else cut
+    return shown if len(text) <= SHOWN_CHARS else f"{shown}… ({len(text)} characters)"
 
 
 def _get(
@@ -58,7 +57,7 @@ def _get(
 def _ident(body: dict[str, Any], key: str, pattern: re.Pattern[str] = _ID) -> str:
     value = _get(body, key, str, required=True)
     if not pattern.match(value):
-        raise BadRequest(f"field {key!r} is not a valid ID: {_shown(value)}")
+        raise BadRequest(f"field {key!r} is not a valid ID: {_clip(value, quote=True)}")
     return value
 
 
@@ -69,7 +68,8 @@ def _pool_id(body: dict[str, Any]) -> str:
         ipaddress.ip_network(value)
     except ValueError:
         raise BadRequest(
-            f"PoolID {_shown(value)} is not a pyoverlay pool: its PoolIDs are subnets, e.g. 10.1.0.0/24"
+            f"PoolID {_clip(value, quote=True)} is not a pyoverlay pool: "
+            "its PoolIDs are subnets, e.g. 10.1.0.0/24"
         ) from None
     return value
 
@@ -130,7 +130,7 @@ def _check_driver_options(generic: dict[str, str]) -> int | None:
 def parse_mac(value: str, what: str = "MAC address") -> str:
     mac = value.strip().lower()
     if not _MAC.match(mac):
-        raise BadRequest(f"{what} {_shown(value)} is not a MAC address")
+        raise BadRequest(f"{what} {_clip(value, quote=True)} is not a MAC address")
     first = int(mac[:2], 16)
     if first & 1 or mac == "00:00:00:00:00:00":  # the kernel refuses either on a veth (EADDRNOTAVAIL)
         raise BadRequest(
@@ -145,9 +145,9 @@ def parse_interface_cidr(value: str, what: str, version: int = 4) -> Any:
     try:
         iface = ipaddress.ip_interface(value)
     except ValueError:
-        raise BadRequest(f"{what} {_shown(value)} is not an address in CIDR form") from None
+        raise BadRequest(f"{what} {_clip(value, quote=True)} is not an address in CIDR form") from None
     if iface.version != version:
-        raise BadRequest(f"{what} {_shown(value)} is not an IPv{version} address")
+        raise BadRequest(f"{what} {_clip(value, quote=True)} is not an IPv{version} address")
     return iface
 
 
@@ -162,7 +162,7 @@ def _ipam_data(body: dict[str, Any], key: str, version: int) -> list[IPAMData]:
         except ValueError:
             net = None
         if net is None or net.version != version:
-            raise BadRequest(f"{key}.Pool {_shown(pool)} is not an IPv{version} subnet")
+            raise BadRequest(f"{key}.Pool {_clip(pool, quote=True)} is not an IPv{version} subnet")
         gateway = _get(item, "Gateway", str) or None
         if gateway:
             parse_interface_cidr(gateway, f"{key}.Gateway", version)
@@ -304,7 +304,7 @@ class RequestAddressRequest:
             try:
                 ipaddress.ip_address(address)
             except ValueError:
-                raise BadRequest(f"Address {_shown(address)} is not an IP address") from None
+                raise BadRequest(f"Address {_clip(address, quote=True)} is not an IP address") from None
         mac = options.get(MAC_OPTION) or None
         return cls(
             pool_id=_pool_id(body),
@@ -326,5 +326,5 @@ class ReleaseAddressRequest:
             # Docker sends a bare address; tolerate CIDR form
             bare = str(ipaddress.ip_interface(address).ip)
         except ValueError:
-            raise BadRequest(f"Address {_shown(address)} is not an IP address") from None
+            raise BadRequest(f"Address {_clip(address, quote=True)} is not an IP address") from None
         return cls(pool_id=_pool_id(body), address=bare)
