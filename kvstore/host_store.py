@@ -46,6 +46,7 @@ class HostStore:
         self._away_since: float | None = None
         self._order = threading.RLock()  # journalled writes and publishing: the journal's order holds
         self.wanted = threading.Event()  # set when the host should claim a spare block soon (keep_blocks)
+        self.on_away: Any = lambda: None  # called once when the host finds itself away
         self.conflicts = 0  # journalled reservations the store refused on publishing: 0 by construction
         self._held: set[str] | None = None  # addresses endpoint records hold, read once per publishing
 
@@ -58,6 +59,7 @@ class HostStore:
         if self._away_since is None:
             self._away_since = time.monotonic()
             log.warning("store unreachable (%s): serving what this host can alone, journalling", exc)
+            self.on_away()
 
     def _refusal(self, what: str) -> StoreUnavailable:
         since = time.monotonic() - (self._away_since or time.monotonic())
@@ -87,6 +89,9 @@ class HostStore:
                 return network
         copy = self.offline.get(key)
         if copy is None:
+            if self.away:  # not copied here: only the store knows (and may be back already)
+                with contextlib.suppress(StoreUnavailable):
+                    return self._call(self.store.network_for, self.host_id, docker_network_id)
             raise self._refusal(f"network {docker_network_id[:12]} is not known on this host without it")
         return Network.from_json(copy)
 
@@ -102,6 +107,9 @@ class HostStore:
                 return pool
         copy = self.offline.get(key)
         if copy is None:
+            if self.away:
+                with contextlib.suppress(StoreUnavailable):
+                    return self._call(self.store.get_pool, pool_id)
             raise self._refusal(f"pool {pool_id} is not known on this host without it")
         return Pool.from_json(copy)
 
@@ -170,25 +178,25 @@ class HostStore:
     def reserve_address(self, pool: Pool, owner: str, address: str | None) -> str:
         if address is None and owner != GATEWAY_OWNER and pool.block_prefixlen:
             return self._reserve_in_blocks(pool, owner)
-        if self.away:
-            what = "the gateway" if owner == GATEWAY_OWNER else "a fixed address (--ip)"
-            raise self._refusal(
-                f"{what} is checked against every host's addresses there; start the container without "
-                "--ip, or try again once etcd answers"
-                if address
-                else f"pool {pool.subnet} has no address blocks for this host to hand out alone"
-            )
         with self.blocks.lock:  # a fixed address in this host's block: mark it before it is written
             if address and self.blocks.holds(pool.pool_id, address):
                 if self.blocks.owner_of(pool.pool_id, address) not in (None, owner):
                     raise Conflict(f"address {address} is already in use in pool {pool.pool_id}")
                 self.blocks.mark(pool.pool_id, address, owner)
-        try:
+        try:  # tried even while away: the store may be back before the heartbeat has seen it
             return self._call(self.store.reserve_address, pool.pool_id, owner, self.host_id, address)
-        except StoreError:
+        except StoreError as exc:
             if address:
                 self.blocks.free(pool.pool_id, address, owner)
-            raise
+            if not isinstance(exc, StoreUnavailable):
+                raise
+            what = "the gateway" if owner == GATEWAY_OWNER else "a fixed address (--ip)" if address else ""
+            raise self._refusal(
+                f"{what} is checked against every host's addresses there; start the container without "
+                "--ip, or try again once etcd answers"
+                if what
+                else f"pool {pool.subnet} has no address blocks for this host to hand out alone"
+            ) from exc
 
     def _reserve_in_blocks(self, pool: Pool, owner: str, retried: bool = False) -> str:
         picked = self.blocks.pick(pool, owner)
@@ -249,11 +257,24 @@ class HostStore:
                     taken[op["address"]] = op["owner"]
             self.blocks.replace(pool, mine, taken)
 
-    def keep_blocks(self, pool_ids: list[str]) -> None:
-        """Keep a spare block's worth of free addresses in each pool in use here (so that containers can
-        start while the store is away); give back blocks long empty. Online only."""
+    def keep(self) -> None:
+        """Get ready for the store going away (online only): copy the networks bound here and their
+        pools, keep a spare block's worth of free addresses in each pool (so that containers can start
+        meanwhile), and give back blocks long empty."""
         self.wanted.clear()
-        for pool_id in pool_ids:
+        pool_ids: set[str] = set()
+        bindings = self._call(self.store.bindings, self.host_id)
+        for docker_network_id, network_id in bindings.items():
+            with contextlib.suppress(NotFound):  # deleted on another host: this host's delete drops it
+                network = self._call(self.store.get_network, network_id)
+                self.offline.put("networks/" + docker_network_id, network.to_json())
+                pool_ids.update(network.pool_ids)
+        for key, _ in self.offline.items("networks/"):
+            if key[len("networks/") :] not in bindings:
+                self.offline.delete(key)
+        for pool_id in set(self.blocks.pool_ids()) - pool_ids:  # left meanwhile (a claim racing a leave)
+            self.release_pool_blocks(pool_id)
+        for pool_id in sorted(pool_ids):
             pool = self.get_pool(pool_id)
             if not pool.block_prefixlen:
                 continue
@@ -268,6 +289,10 @@ class HostStore:
     def release_pool(self, pool_id: str) -> None:
         self.blocks.drop_pool(pool_id)
         self._call(self.store.release_pool, self.host_id, pool_id)
+
+    def release_pool_blocks(self, pool_id: str) -> None:
+        self.blocks.drop_pool(pool_id)
+        self._call(self.store.drop_host_blocks, self.host_id, pool_id)
 
     # -- claims other hosts make on this host's blocks ----------------------------------------------
     def answer_claims(self, claims: list[tuple[str, dict, int]]) -> None:

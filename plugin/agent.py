@@ -13,7 +13,16 @@ from pathlib import Path
 from driver import Dataplane, DataplaneError
 from driver.service_address import ensure_service_address
 from driver.underlay import default_route_address, mtu_for_address
-from kvstore import Host, HostStore, IdentityConflict, Network, Store, StoreError, StoreUnavailable, open_store
+from kvstore import (
+    Host,
+    HostStore,
+    IdentityConflict,
+    Network,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    open_store,
+)
 
 from .docker_sync import DockerSync
 from .errors import IdentityRefused
@@ -125,6 +134,9 @@ class Agent:
         self._claimed = False
         self._first_heartbeat = threading.Event()  # set once the first registration ended, either way
         self.refusal: str | None = None
+        # wakes the heartbeat early: a request found the store away, so probe it every AWAY_PROBE now
+        self._beat = threading.Event()
+        self.host_store.on_away = self._beat.set
 
     def _ensure_devices(self, network: Network) -> None:
         self.dataplane.ensure_network(
@@ -135,6 +147,7 @@ class Agent:
         )
 
     def _network_changed(self, network_id: str) -> None:
+        self.host_store.wanted.set()  # a network bound here: copy it and get blocks in its pool
         self.loop.kick(network_id)
         self.docker_sync.wake()
 
@@ -220,20 +233,14 @@ class Agent:
             self.docker_sync.wake()
 
     def _keep_blocks(self, stop: threading.Event) -> None:
-        """Keep a spare address block in each pool used here, soon after an allocation took from it."""
+        """Keep copies and a spare address block of each network used here (HostStore.keep), soon after
+        a network was bound or an allocation took from the spare."""
         while not stop.is_set():
             self.host_store.wanted.wait(KEEPER_INTERVAL)
             if stop.is_set() or self.host_store.away:
                 continue
-            view = self.loop.view()
-            pools = {
-                pool_id
-                for network_id in set(view.bindings.values())
-                if (network := view.networks.get(network_id)) is not None
-                for pool_id in network.pool_ids
-            }
             try:
-                self.host_store.keep_blocks(sorted(pools))
+                self.host_store.keep()
             except StoreError as exc:
                 log.info("address blocks not topped up: %s", exc)
 
@@ -254,11 +261,13 @@ class Agent:
             # Quickly until the store first answers, so the loops start as soon as it does.
             # while away, every AWAY_PROBE: the journal is published soon after the store is back
             quick = not self._claimed or self.host_store.away
-            stop.wait(AWAY_PROBE if self.host_store.away else CLAIM_RETRY if quick and not self.refusal
-                      else self.settings.host_ttl / 3)  # fmt: skip
+            self._beat.wait(AWAY_PROBE if self.host_store.away else CLAIM_RETRY if quick and not self.refusal
+                            else self.settings.host_ttl / 3)  # fmt: skip
+            self._beat.clear()
 
     def stop(self) -> None:
         self._stop.set()
+        self._beat.set()
         self.host_store.wanted.set()  # wakes the block keeper
         self.docker_sync.wake()  # its loop sleeps on the wake event
         if self.dns is not None:

@@ -61,13 +61,15 @@ class IpamService:
             if req.v6
             else (self.default_pool, self.default_pool_size)
         )
-        if self.host.away:
-            raise StoreUnavailable(
-                "etcd is unreachable from this host: a new network needs it (its subnet and VNI must be "
-                "unique across hosts); try again once etcd answers"
-            )
         block_size = self.block_size6 if req.v6 else self.block_size
-        pool = self.store.request_pool(self.host_id, subnet, ip_range, default, size, block_size)
+        try:
+            pool = self.store.request_pool(self.host_id, subnet, ip_range, default, size, block_size)
+        except StoreUnavailable as exc:
+            self.host.mark_away(exc)
+            raise StoreUnavailable(
+                f"{exc}: a new network needs etcd (its subnet and VNI must be unique across hosts); try "
+                "again once etcd answers"
+            ) from exc
         failpoints.hit("RequestPool.after_store")
         return {"PoolID": pool.pool_id, "Pool": pool.subnet, "Data": {}}
 

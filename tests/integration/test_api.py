@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sqlite3
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -329,6 +332,21 @@ def wait_for_store(client, within: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def _rows(db: Path, query: str) -> list:
+    """Rows of the agent's offline.db (journal and copies), read as an operator would with sqlite3."""
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute(query).fetchall()
+
+
+def wait_until(condition, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
 def test_store_unreachable_fails_cleanly_then_recovers(netns_host, etcd_server, tmp_path):
     from tests.etcd_server import EtcdServer
 
@@ -360,13 +378,27 @@ def test_store_unreachable_fails_cleanly_then_recovers(netns_host, etcd_server, 
         etcd.start()
         wait_for_store(c)
         network_id, pool_id, gateway = create_network(c)
+        offline = Path(agent.state_dir) / "offline.db"
+        wait_until(lambda: _rows(offline, "SELECT key FROM copies WHERE key LIKE 'blocks/%'"))  # ready
         etcd.kill()
-        status, answer = c.call(
-            "NetworkDriver.CreateEndpoint",
-            {"NetworkID": network_id, "EndpointID": new_id(), "Interface": {"Address": "10.30.0.9/24"}},
+        # a container starts and stops with etcd gone: served from this host's block, journalled
+        endpoint_id = new_id()
+        address = c.ok("IpamDriver.RequestAddress", {"PoolID": pool_id, "Options": {}})["Address"]
+        body = {"NetworkID": network_id, "EndpointID": endpoint_id, "Interface": {"Address": address}}
+        assert "MacAddress" in c.ok("NetworkDriver.CreateEndpoint", body)["Interface"]
+        assert c.ok(
+            "NetworkDriver.Join", {"NetworkID": network_id, "EndpointID": endpoint_id, "SandboxKey": ""}
         )
-        assert status == 503, answer
+        status, answer = c.call("IpamDriver.RequestAddress", {"PoolID": pool_id, "Address": "10.30.0.200"})
+        assert status == 503 and "etcd is unreachable" in answer["Error"] and "--ip" in answer["Error"], (
+            answer
+        )
+        assert _rows(offline, "SELECT seq FROM journal")  # kept on disk until etcd is back
+        c.ok("NetworkDriver.Leave", {"NetworkID": network_id, "EndpointID": endpoint_id})
+        c.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": network_id, "EndpointID": endpoint_id})
+        c.ok("IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": address.split("/")[0]})
         etcd.start()
+        wait_until(lambda: not _rows(offline, "SELECT seq FROM journal"))  # published
         wait_for_store(c)
         half_made = agent.host.links() | agent.host.network_links()
         assert not [n for n in half_made if n.startswith(("poh", "poc"))]  # no half-made endpoint
