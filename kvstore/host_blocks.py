@@ -31,6 +31,8 @@ class HostBlocks:
         self._offline = offline
         self._lock = threading.RLock()
         self._pools: dict[str, PoolBlocks] = {}
+        # marked, not yet written to the store nor journalled: a reload from the store must keep them
+        self._inflight: dict[tuple[str, str], str] = {}
         for key, value in offline.items(COPY):
             self._pools[key[len(COPY) :]] = PoolBlocks(dict(value["blocks"]), dict(value["taken"]))
 
@@ -52,6 +54,7 @@ class HostBlocks:
         """The pool's blocks and their reserved addresses as the store lists them now (plus what this
         host reserved that the store has not got yet: the caller adds its journal's reservations)."""
         with self._lock:
+            taken = {**taken, **{a: o for (p, a), o in self._inflight.items() if p == pool_id}}
             self._pools[pool_id] = PoolBlocks(
                 dict(held), {a: o for a, o in taken.items() if _within(a, held)}
             )
@@ -101,8 +104,14 @@ class HostBlocks:
             block = blocks.block_of(address, pool.block_prefixlen)
             mine.taken[address] = owner
             mine.empty_since.pop(block, None)
+            self._inflight[(pool.pool_id, address)] = owner
             self._save(pool.pool_id)
             return address, block, mine.blocks[block]
+
+    def settled(self, pool_id: str, address: str) -> None:
+        """A picked address is written to the store or journalled (or given up): a reload may drop it."""
+        with self._lock:
+            self._inflight.pop((pool_id, address), None)
 
     def holds(self, pool_id: str, address: str) -> tuple[str, int] | None:
         """(block, revision) if ``address`` is in a block this host holds."""

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from .host_blocks import HostBlocks
+from .host_upkeep import HostUpkeep
 from .model import (
     GATEWAY_OWNER,
     REQUEST_OWNER_PREFIX,
@@ -34,10 +35,8 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-BLOCK_IDLE = 600.0  # seconds a block stays empty before the host gives it back (its spare excepted)
 
-
-class HostStore:
+class HostStore(HostUpkeep):
     def __init__(self, store: Store, host_id: str, state_dir: str | None) -> None:
         self.store = store
         self.host_id = host_id
@@ -47,6 +46,7 @@ class HostStore:
         self._order = threading.RLock()  # journalled writes and publishing: the journal's order holds
         self.wanted = threading.Event()  # set when the host should claim a spare block soon (keep_blocks)
         self.on_away: Any = lambda: None  # called once when the host finds itself away
+        self._orphans: dict[tuple[str, str, str], float] = {}  # (pool, address, owner) -> first seen
         self.conflicts = 0  # journalled reservations the store refused on publishing: 0 by construction
         self._held: set[str] | None = None  # addresses endpoint records hold, read once per publishing
 
@@ -95,23 +95,25 @@ class HostStore:
             raise self._refusal(f"network {docker_network_id[:12]} is not known on this host without it")
         return Network.from_json(copy)
 
-    def get_pool(self, pool_id: str) -> Pool:
+    def get_pool(self, pool_id: str, fresh: bool = False) -> Pool:
+        """The pool, from this host's copy when it has one (what a request needs of it, its subnet,
+        ranges and block size, never changes; its holders do): RequestAddress is then one round trip.
+        ``fresh`` reads the store (the keeper does, and so does a pool not copied yet)."""
         key = "pools/" + pool_id
-        if not self.away:
-            try:
-                pool = self._call(self.store.get_pool, pool_id)
-            except StoreUnavailable:
-                pass
-            else:
-                self.offline.put(key, pool.to_json())
-                return pool
         copy = self.offline.get(key)
-        if copy is None:
-            if self.away:
-                with contextlib.suppress(StoreUnavailable):
-                    return self._call(self.store.get_pool, pool_id)
-            raise self._refusal(f"pool {pool_id} is not known on this host without it")
-        return Pool.from_json(copy)
+        if copy is not None and not fresh:
+            return Pool.from_json(copy)
+        try:
+            pool = self._call(self.store.get_pool, pool_id)
+        except NotFound:
+            self.offline.delete(key)
+            raise
+        except StoreUnavailable:
+            if copy is None:
+                raise self._refusal(f"pool {pool_id} is not known on this host without it") from None
+            return Pool.from_json(copy)
+        self.offline.put(key, pool.to_json())
+        return pool
 
     def get_endpoint(self, endpoint_id: str) -> Endpoint:
         """This host's endpoints are copied when written here; while away, only they are known."""
@@ -211,6 +213,14 @@ class HostStore:
                 )
             return self._call(self.store.reserve_address, pool.pool_id, owner, self.host_id)  # borrow
         address, block, revision = picked
+        try:
+            return self._write_reservation(pool, owner, address, block, revision, retried)
+        finally:
+            self.blocks.settled(pool.pool_id, address)
+
+    def _write_reservation(
+        self, pool: Pool, owner: str, address: str, block: str, revision: int, retried: bool
+    ) -> str:
         self.wanted.set()  # keep a spare block ready
         op = {"op": "reserve", "pool_id": pool.pool_id, "block": block, "revision": revision}
         op.update(address=address, owner=owner)
@@ -245,49 +255,9 @@ class HostStore:
         log.info("claimed block %s of pool %s", block, pool.pool_id)
         return True
 
-    def reload_blocks(self, pool_id: str | None = None) -> None:
-        """Take the blocks this host holds, and their reserved addresses, from the store again; the
-        journal's reservations not yet published stay marked."""
-        held = self._call(self.store.host_blocks, self.host_id)
-        for pool in [pool_id] if pool_id else sorted(set(held) | set(self.blocks.pool_ids())):
-            mine = held.get(pool, {})
-            taken = self._call(self.store.list_addresses, pool) if mine else {}
-            for _, op in self.offline.journal():
-                if op["op"] == "reserve" and op["pool_id"] == pool:
-                    taken[op["address"]] = op["owner"]
-            self.blocks.replace(pool, mine, taken)
-
-    def keep(self) -> None:
-        """Get ready for the store going away (online only): copy the networks bound here and their
-        pools, keep a spare block's worth of free addresses in each pool (so that containers can start
-        meanwhile), and give back blocks long empty."""
-        self.wanted.clear()
-        pool_ids: set[str] = set()
-        bindings = self._call(self.store.bindings, self.host_id)
-        for docker_network_id, network_id in bindings.items():
-            with contextlib.suppress(NotFound):  # deleted on another host: this host's delete drops it
-                network = self._call(self.store.get_network, network_id)
-                self.offline.put("networks/" + docker_network_id, network.to_json())
-                pool_ids.update(network.pool_ids)
-        for key, _ in self.offline.items("networks/"):
-            if key[len("networks/") :] not in bindings:
-                self.offline.delete(key)
-        for pool_id in set(self.blocks.pool_ids()) - pool_ids:  # left meanwhile (a claim racing a leave)
-            self.release_pool_blocks(pool_id)
-        for pool_id in sorted(pool_ids):
-            pool = self.get_pool(pool_id)
-            if not pool.block_prefixlen:
-                continue
-            size = 1 << ((16 if ":" in pool.subnet else 4) * 8 - pool.block_prefixlen)
-            if self.blocks.spare(pool) < size and not self._claim(pool):
-                continue  # no free block: borrowing remains
-            for block, revision in self.blocks.idle_blocks(pool, BLOCK_IDLE):
-                self.blocks.drop_block(pool_id, block)
-                self._call(self.store.release_block, pool_id, block, revision)
-                log.info("gave back block %s of pool %s (empty for %.0f s)", block, pool_id, BLOCK_IDLE)
-
     def release_pool(self, pool_id: str) -> None:
         self.blocks.drop_pool(pool_id)
+        self.offline.delete("pools/" + pool_id)  # the same subnet may come back as another pool
         self._call(self.store.release_pool, self.host_id, pool_id)
 
     def release_pool_blocks(self, pool_id: str) -> None:

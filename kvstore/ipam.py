@@ -331,8 +331,12 @@ class IpamPolicy:
 
     def list_addresses(self, pool_id: str) -> dict[str, str]:
         """address -> owner, for every reserved address of the pool (empty for an unknown pool)."""
+        return {a: owner for a, (owner, _) in self.reservations(pool_id).items()}
+
+    def reservations(self, pool_id: str) -> dict[str, tuple[str, str]]:
+        """address -> (owner, id of the host that reserved it), for every reserved address of the pool."""
         items, _ = self._kv.range(address_prefix(pool_id))
-        return {i.key.rsplit("/", 1)[1]: load(i)["owner"] for i in items}
+        return {i.key.rsplit("/", 1)[1]: (load(i)["owner"], load(i).get("host_id", "")) for i in items}
 
 
 def adoption_keys(pool_id: str, address: str, owner: str) -> tuple[str, str]:

@@ -131,11 +131,6 @@ def churn(
             spans.append((start, time.monotonic()))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known leak, left for issue 13's durable journal: a ReleaseAddress that met an etcd cut is "
-    "retried from memory only, so an agent killed before etcd returns forgets it: the address stays",
-)
 def test_churn_under_faults_leaks_nothing(make_lab, figures):
     cycles = count("t2_cycles", full=2000, ci=120)
     seed = int(os.environ.get("FAULTS_T2_SEED") or random.randrange(1 << 30))

@@ -52,7 +52,9 @@ def test_expose_and_hide_while_the_agent_runs(agent: AgentProcess) -> None:
     done = pyoverlay(agent, "expose", network_id[:12])
     assert done.returncode == 0, done.stderr
     address = done.stdout.strip()
-    assert address == "10.33.0.2/24"  # the gateway has .1
+    # the gateway has .1; an exposure is reserved through the whole pool, so outside the address blocks
+    # hosts hold (the agent's keeper holds .0/28 and .16/28 by now, or not yet)
+    assert address in ("10.33.0.2/24", "10.33.0.32/24"), address
     started = time.monotonic()
     wait_until(lambda: address in bridge_addresses(agent, vni), 10, "the address on the bridge")
     print(f"expose -> address on the bridge: {time.monotonic() - started:.2f} s ({agent.etcd or 'embedded'})")
