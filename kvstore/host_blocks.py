@@ -122,6 +122,12 @@ class HostBlocks:
                     return block, revision
             return None
 
+    def address_of(self, pool_id: str, owner: str) -> str | None:
+        """The address ``owner`` holds in this host's blocks (a resent request's), or None."""
+        with self._lock:
+            pool = self._pools.get(pool_id)
+            return next((a for a, o in pool.taken.items() if o == owner), None) if pool else None
+
     def owner_of(self, pool_id: str, address: str) -> str | None:
         with self._lock:
             pool = self._pools.get(pool_id)

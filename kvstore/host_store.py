@@ -115,6 +115,9 @@ class HostStore(HostUpkeep):
         self.offline.put(key, pool.to_json())
         return pool
 
+    def remember_pool(self, pool: Pool) -> None:
+        self.offline.put("pools/" + pool.pool_id, pool.to_json())
+
     def get_endpoint(self, endpoint_id: str) -> Endpoint:
         """This host's endpoints are copied when written here; while away, only they are known."""
         if not self.away and self.offline.pending:
@@ -201,6 +204,9 @@ class HostStore(HostUpkeep):
             ) from exc
 
     def _reserve_in_blocks(self, pool: Pool, owner: str, retried: bool = False) -> str:
+        held = self.blocks.address_of(pool.pool_id, owner)
+        if held is not None and (self.away or self.offline.pending):
+            return held  # resent after a restart while away: the journal has its reservation already
         picked = self.blocks.pick(pool, owner)
         if picked is None and not self.away:
             with contextlib.suppress(StoreUnavailable):

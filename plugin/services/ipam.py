@@ -70,6 +70,7 @@ class IpamService:
                 f"{exc}: a new network needs etcd (its subnet and VNI must be unique across hosts); try "
                 "again once etcd answers"
             ) from exc
+        self.host.remember_pool(pool)  # the same subnet may have been another pool before
         failpoints.hit("RequestPool.after_store")
         return {"PoolID": pool.pool_id, "Pool": pool.subnet, "Data": {}}
 
