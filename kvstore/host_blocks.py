@@ -108,6 +108,10 @@ class HostBlocks:
             self._save(pool.pool_id)
             return address, block, mine.blocks[block]
 
+    def in_flight(self, pool_id: str, address: str) -> bool:
+        with self._lock:
+            return (pool_id, address) in self._inflight
+
     def settled(self, pool_id: str, address: str) -> None:
         """A picked address is written to the store or journalled (or given up): a reload may drop it."""
         with self._lock:
@@ -133,12 +137,15 @@ class HostBlocks:
             pool = self._pools.get(pool_id)
             return pool.taken.get(address) if pool else None
 
-    def mark(self, pool_id: str, address: str, owner: str) -> bool:
-        """Mark an address of this host's blocks taken; False if it is not in them."""
+    def mark(self, pool_id: str, address: str, owner: str, in_flight: bool = False) -> bool:
+        """Mark an address of this host's blocks taken (``in_flight``: until settled(), as pick() does);
+        False if it is not in them."""
         with self._lock:
             if self.holds(pool_id, address) is None:
                 return False
             self._pools[pool_id].taken[address] = owner
+            if in_flight:
+                self._inflight[(pool_id, address)] = owner
             self._save(pool_id)
             return True
 

@@ -185,9 +185,9 @@ class HostStore(HostUpkeep):
             return self._reserve_in_blocks(pool, owner)
         with self.blocks.lock:  # a fixed address in this host's block: mark it before it is written
             if address and self.blocks.holds(pool.pool_id, address):
-                if self.blocks.owner_of(pool.pool_id, address) not in (None, owner):
+                if self._holder(pool.pool_id, address) not in (None, owner):
                     raise Conflict(f"address {address} is already in use in pool {pool.pool_id}")
-                self.blocks.mark(pool.pool_id, address, owner)
+                self.blocks.mark(pool.pool_id, address, owner, in_flight=True)
         try:  # tried even while away: the store may be back before the heartbeat has seen it
             return self._call(self.store.reserve_address, pool.pool_id, owner, self.host_id, address)
         except StoreError as exc:
@@ -202,6 +202,9 @@ class HostStore(HostUpkeep):
                 if what
                 else f"pool {pool.subnet} has no address blocks for this host to hand out alone"
             ) from exc
+        finally:
+            if address:
+                self.blocks.settled(pool.pool_id, address)
 
     def _reserve_in_blocks(self, pool: Pool, owner: str, retried: bool = False) -> str:
         held = self.blocks.address_of(pool.pool_id, owner)
@@ -270,6 +273,20 @@ class HostStore(HostUpkeep):
         self.blocks.drop_pool(pool_id)
         self._call(self.store.drop_host_blocks, self.host_id, pool_id)
 
+    def _holder(self, pool_id: str, address: str) -> str | None:
+        """Who holds an address of this host's blocks. The view's mark is checked against the store
+        unless this host's own pick or journal explains it: an address granted to another host and
+        released there since is still marked here (the view is a superset), and is free."""
+        marked = self.blocks.owner_of(pool_id, address)
+        if marked is None or self.blocks.in_flight(pool_id, address) or self.offline.pending:
+            return marked
+        current = self._call(self.store.holder_of, pool_id, address)
+        if current is None:
+            self.blocks.free(pool_id, address, marked)
+        elif current != marked:
+            self.blocks.mark(pool_id, address, current)
+        return current
+
     # -- claims other hosts make on this host's blocks ----------------------------------------------
     def answer_claims(self, claims: list[tuple[str, dict, int]]) -> None:
         """Grant each claim on an address of this host's blocks that is free, refuse it if taken."""
@@ -278,7 +295,7 @@ class HostStore(HostUpkeep):
             if claim.get("refused") or self.blocks.holds(pool_id, address) is None:
                 continue
             with self.blocks.lock:
-                holder = self.blocks.owner_of(pool_id, address)
+                holder = self._holder(pool_id, address)
                 if holder is not None:
                     reason = f"it is in use (held by {holder}) in block {claim.get('block')} of this pool"
                     self._call(self.store.refuse_claim, address, claim, revision, reason)

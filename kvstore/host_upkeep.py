@@ -67,6 +67,8 @@ class HostUpkeep:
             pool = self.get_pool(pool_id, fresh=True)
             if not pool.block_prefixlen:
                 continue
+            if not self.offline.pending:  # marks of addresses granted elsewhere and released since go
+                self.reload_blocks(pool_id)
             size = 1 << ((16 if ":" in pool.subnet else 4) * 8 - pool.block_prefixlen)
             while self.blocks.spare(pool) < size:
                 if not self._claim(pool):

@@ -333,6 +333,11 @@ class IpamPolicy:
         """address -> owner, for every reserved address of the pool (empty for an unknown pool)."""
         return {a: owner for a, (owner, _) in self.reservations(pool_id).items()}
 
+    def holder_of(self, pool_id: str, address: str) -> str | None:
+        """The owner of a reserved address, or None if it is free."""
+        [current] = self._kv.get(address_prefix(pool_id) + _bare(address))
+        return load(current)["owner"] if current is not None else None
+
     def reservations(self, pool_id: str) -> dict[str, tuple[str, str]]:
         """address -> (owner, id of the host that reserved it), for every reserved address of the pool."""
         items, _ = self._kv.range(address_prefix(pool_id))

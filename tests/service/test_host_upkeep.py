@@ -6,7 +6,7 @@ from __future__ import annotations
 from kvstore import host_upkeep
 
 from .conftest import Host
-from .test_ipam_service import address
+from .test_ipam_service import address, release
 
 
 def test_the_keeper_copies_bound_networks_and_keeps_a_spare_block(host_a: Host):
@@ -42,3 +42,19 @@ def test_another_hosts_orphans_are_its_own_business(host_a: Host, host_b: Host, 
     host_a.ipam.host.keep()
     host_a.ipam.host.keep()
     assert orphan in host_a.store.list_addresses(mine.pool_id)
+
+
+def test_an_address_granted_to_another_host_and_released_there_can_be_granted_again(
+    host_a: Host, host_b: Host
+):
+    theirs = host_b.create_network("10.30.0.0/24")
+    mine = host_a.create_network("10.30.0.0/24")
+    host_a.ipam.host.keep()  # host a holds 10.30.0.0/28 and 10.30.0.16/28
+    for again in range(2):
+        with host_a.answering():  # host a grants 10.30.0.20 to host b's --ip, twice over
+            endpoint_id, cidr, _ = host_b.create_endpoint(theirs, address="10.30.0.20")
+        assert cidr == "10.30.0.20/24", again
+        host_b.delete_endpoint(theirs, endpoint_id)
+        release(host_b, theirs.pool_id, "10.30.0.20")
+    _, cidr, _ = host_a.create_endpoint(mine, address="10.30.0.20")  # and its own --ip there
+    assert cidr == "10.30.0.20/24"
