@@ -15,6 +15,7 @@ import time
 import pytest
 
 from plugin.docker_sync import STALE_SECONDS
+from tests.lab.system import wait_until as wait_for
 from tests.multihost.test_overlay import SLEEP, converge_ping, create_everywhere, networks
 
 from .conftest import count, report
@@ -127,6 +128,8 @@ def settle_and_check(lab, born_and_old: dict[str, list[str]]) -> dict[str, int]:
     assert_no_leaks(lab, timeout=STALE_SECONDS + 60)  # room for a listing that hangs once (30 s)
     assert not [k for k in store_items(lab) if REFUSED_SUBNET.split("/")[0] in k], "the refused network"
     assert all("during" not in networks(h) for h in lab.hosts)
+    # a fixed address asked of a block's holder is a claims/<pool>/<ip> key until granted or refused
+    wait_for(lambda: not store_items(lab, ROOT + "claims/"), 30, "no claim left in the store")
     return {"pairs_reached": pairs, "addresses_unique": assert_unique(lab)}
 
 
