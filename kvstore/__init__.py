@@ -4,6 +4,7 @@
 primitive of kv.py; ``EtcdKV`` and ``SqliteKV`` implement that primitive.
 """
 
+from .host_store import HostStore
 from .kv import KeyValue
 from .model import (
     CONTAINER_KIND,
@@ -37,6 +38,7 @@ __all__ = [
     "Event",
     "Exhausted",
     "Host",
+    "HostStore",
     "IdentityConflict",
     "InvalidRequest",
     "KeyValue",

@@ -12,11 +12,13 @@ from dataclasses import replace
 from ipaddress import ip_network
 from typing import Any, TypeVar
 
-from . import alloc
+from . import alloc, blocks
 from .keys import (
     POOLS,
     POOLS_INDEX,
     address_prefix,
+    blocks_prefix,
+    claims_prefix,
     cursor_key,
     dump,
     load,
@@ -66,12 +68,19 @@ class IpamPolicy:
 
     # -- pools --------------------------------------------------------------------------------------
     def request_pool(
-        self, host_id: str, subnet: str | None, ip_range: str | None, default_range: str, prefixlen: int
+        self,
+        host_id: str,
+        subnet: str | None,
+        ip_range: str | None,
+        default_range: str,
+        prefixlen: int,
+        block_size: int = 0,
     ) -> Pool:
         """Claim ``subnet`` (or, if None, the first free ``/prefixlen`` inside ``default_range``) for
         ``host_id``. An existing pool with the same subnet and ip_range is returned with the host added to
-        its holders (the same pool on every host). Raises Conflict if the subnet overlaps another pool, or
-        equals one with a different ip_range; Exhausted if no free subnet is left."""
+        its holders (the same pool on every host). A new pool is split into blocks of ``block_size``
+        (blocks.block_prefixlen; 0: none), for good. Raises Conflict if the subnet overlaps another pool,
+        or equals one with a different ip_range; Exhausted if no free subnet is left."""
 
         def attempt(_: int) -> Pool:
             [index] = self._kv.get(POOLS_INDEX)
@@ -87,7 +96,8 @@ class IpamPolicy:
                 pool = replace(pool, holders=(*pool.holders, host_id))
                 done = self._txn([unchanged(pool_key(key), current)], [Put(pool_key(key), dump(pool))])
                 return RETRY if done is RETRY else pool
-            pool = Pool(pool_id=key, subnet=key, ip_range=rng, holders=(host_id,))
+            split = blocks.block_prefixlen(key, rng, block_size)
+            pool = Pool(pool_id=key, subnet=key, ip_range=rng, holders=(host_id,), block_prefixlen=split)
             done = self._txn(
                 [unchanged(POOLS_INDEX, index), absent(pool_key(key))],
                 [Put(POOLS_INDEX, dump({"pools": {**pools, key: rng}})), Put(pool_key(key), dump(pool))],
@@ -160,6 +170,8 @@ class IpamPolicy:
                 Delete(cursor_key(pool_id)),
                 Delete(address_prefix(pool_id), prefix=True),
                 Delete(owner_prefix(pool_id), prefix=True),
+                Delete(blocks_prefix(pool_id), prefix=True),
+                Delete(claims_prefix(pool_id), prefix=True),
             ]
         return compare, ops
 
@@ -215,7 +227,7 @@ class IpamPolicy:
             else:
                 after = load(cursor_kv).get("address") if cursor_kv else None
                 refresh = n > 0 and n % 8 == 0  # losing race after race: others hold much we miss
-                taken = self._taken(pool_id, pool_revision, refresh)
+                taken = self._taken(pool_id, pool_revision, refresh) | self._in_blocks(pool)
                 listed = listed or refresh
                 # First try: strict round-robin. After a lost race: a random one of the next few, so
                 # that racing writers stop colliding on the same address.
@@ -226,7 +238,7 @@ class IpamPolicy:
                     if listed:
                         raise
                     listed = True  # addresses freed elsewhere are missing from a cached list
-                    taken = self._taken(pool_id, pool_revision, refresh=True)
+                    taken = self._taken(pool_id, pool_revision, refresh=True) | self._in_blocks(pool)
                     free = alloc.free_addresses(pool.subnet, pool.ip_range, taken, after, limit)
                 candidate = str(random.choice(free))
             address_key = address_prefix(pool_id) + candidate
@@ -236,8 +248,14 @@ class IpamPolicy:
             ]
             if wanted is None:
                 success.append(Put(cursor_key(pool_id), dump({"address": candidate})))
+            placed = self._block_compares(pool, candidate, host_id)  # may hand over to the block's holder
             ok = self._kv.txn(
-                [same_incarnation(pool_key(pool_id), pool_kv), absent(address_key), absent(owner_key)],
+                [
+                    same_incarnation(pool_key(pool_id), pool_kv),
+                    absent(address_key),
+                    absent(owner_key),
+                    *placed,
+                ],
                 success,
             )
             self._note_taken(pool_id, candidate, taken=True)  # ours now, or someone else's
@@ -257,6 +275,14 @@ class IpamPolicy:
             return RETRY
 
         return self._retry(f"reserving an address in pool {pool_id}", attempt)
+
+    def _in_blocks(self, pool: Pool) -> set[int]:
+        """Addresses a pool-wide allocation skips: those of blocks hosts hold (block_policy.py)."""
+        return set()
+
+    def _block_compares(self, pool: Pool, address: str, host_id: str) -> list[Compare]:
+        """What a pool-wide reservation of ``address`` compares about its block (block_policy.py)."""
+        return []
 
     def _note_taken(self, pool_id: str, address: str, taken: bool) -> None:
         with self._taken_lock:

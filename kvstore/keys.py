@@ -38,6 +38,32 @@ def cursor_key(pool_id: str) -> str:
     return f"{ROOT}cursors/{pool_id}"
 
 
+BLOCKS = ROOT + "blocks/"  # blocks/<pool_id>/<block>: {host_id}; the host that allocates in it
+CLAIMS = ROOT + "claims/"  # claims/<pool_id>/<ip>: {owner, host_id, pool_id}: asks a block's holder
+
+
+def blocks_prefix(pool_id: str) -> str:
+    return f"{BLOCKS}{pool_id}/"
+
+
+def block_key(pool_id: str, block: str) -> str:
+    return blocks_prefix(pool_id) + block
+
+
+def split_block_key(key: str) -> tuple[str, str]:
+    """(pool_id, block) of a key under BLOCKS: both are CIDRs, so each holds one '/'."""
+    net, plen, block_net, block_plen = key[len(BLOCKS) :].split("/")
+    return f"{net}/{plen}", f"{block_net}/{block_plen}"
+
+
+def claims_prefix(pool_id: str) -> str:
+    return f"{CLAIMS}{pool_id}/"
+
+
+def claim_key(pool_id: str, address: str) -> str:
+    return claims_prefix(pool_id) + address
+
+
 def pool_network_key(pool_id: str) -> str:
     return f"{ROOT}pool-networks/{pool_id}"
 

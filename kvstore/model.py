@@ -58,6 +58,9 @@ class Pool:
     subnet: str
     ip_range: str | None = None  # dynamic allocations come from here when set (docker --ip-range)
     holders: tuple[str, ...] = ()  # host ids that requested the pool and have not released it
+    # the prefix length of its address blocks (kvstore/blocks.py), fixed when the pool is made so that
+    # every host splits it alike; 0: no blocks (a pool made before blocks, or too small for them)
+    block_prefixlen: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"v": SCHEMA_VERSION, **asdict(self), "holders": list(self.holders)}

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import alloc
-from .ipam import RETRY, IpamPolicy
+from .block_policy import BlockPolicy
+from .ipam import RETRY
 from .keys import (
     LEFT,
     NETWORKS,
@@ -32,7 +33,7 @@ from .kv import Delete, Item, Put, absent, prefix_unchanged, present, same_incar
 from .model import HOST_KIND, Conflict, Endpoint, Network, NotFound, Pool
 
 
-class NetworkPolicy(IpamPolicy):
+class NetworkPolicy(BlockPolicy):
     def create_network(self, host_id: str, docker_network_id: str, network: Network) -> Network:
         """Bind ``docker_network_id`` on ``host_id`` to a cluster network and return the stored one.
         If the host already binds ``docker_network_id``: return that network (idempotent). Else if

@@ -207,6 +207,7 @@ class Store(NetworkPolicy):
             or bool(self.bindings(host_id))
             or bool(self.left_networks(host_id))
             or any(host_id in pool.holders for pool in self.list_pools())
+            or bool(self.host_blocks(host_id))
             or any(e.host_id == host_id for e in self.list_endpoints())
         )
 
@@ -226,6 +227,7 @@ class Store(NetworkPolicy):
         for pool in self.list_pools():  # after the bindings: a pool its networks no longer hold can go
             if host_id in pool.holders:
                 self.release_pool(host_id, pool.pool_id)
+        self.drop_host_blocks(host_id)  # reclaimed: other hosts may allocate there now
         marks = [left_prefix(network_id) + host_id for network_id in self.left_networks(host_id)]
         self._kv.txn([], [*(Delete(key) for key in marks), Delete(HOSTS + host_id)])
         return removed

@@ -13,7 +13,7 @@ from pathlib import Path
 from driver import Dataplane, DataplaneError
 from driver.service_address import ensure_service_address
 from driver.underlay import default_route_address, mtu_for_address
-from kvstore import Host, IdentityConflict, Network, Store, StoreError, open_store
+from kvstore import Host, HostStore, IdentityConflict, Network, Store, StoreError, StoreUnavailable, open_store
 
 from .docker_sync import DockerSync
 from .errors import IdentityRefused
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 DNS_PORT = 53  # Docker's `dns` setting takes addresses only
 DNS_RETRY = 2.0  # seconds between attempts to listen
 CLAIM_RETRY = 1.0  # seconds between registrations while the store has not answered yet
+AWAY_PROBE = 0.5  # seconds between registrations while the store is away
+KEEPER_INTERVAL = 10.0  # seconds between checks of the spare address blocks
 FIRST_HEARTBEAT_WAIT = 15.0  # at most this long a request waits for the first registration's outcome
 
 
@@ -60,6 +62,8 @@ class Agent:
             cert_key=settings.etcd_key or None,
         )
         self.dataplane = dataplane or Dataplane(netns_dir=settings.netns_dir)
+        # this host's address blocks, and its journal while the store is away, in STATE_DIR/offline.db
+        self.host_store = HostStore(self.store, self.host_id, settings.state_dir)
         self.network = NetworkService(
             store=self.store,
             dataplane=self.dataplane,
@@ -68,6 +72,7 @@ class Agent:
             underlay_mtu=self.underlay_mtu,
             vxlan_port=settings.vxlan_port,
             embedded=settings.embedded,
+            host=self.host_store,
         )
         self.ipam = IpamService(
             self.store,
@@ -76,6 +81,9 @@ class Agent:
             settings.default_pool_size,
             settings.default_pool6,
             settings.default_pool6_size,
+            block_size=settings.block_size,
+            block_size6=settings.block_size6,
+            host=self.host_store,
         )
         self.loop = EventLoop(
             self.store,
@@ -84,6 +92,7 @@ class Agent:
             ensure_devices=self._ensure_devices,
             resync_interval=settings.resync_interval,
             vxlan_port=settings.vxlan_port,
+            on_claims=self.host_store.answer_claims,
         )
         self.docker_sync = DockerSync(
             self.store,
@@ -194,10 +203,39 @@ class Agent:
         if self.refusal is not None:
             log.warning("host id %s is free again (the other record expired): serving", self.host_id)
             self.refusal = None
+        was_away = self.host_store.away
+        published = self.host_store.publish()  # the store answers: what changed here while it was away
         if not self._claimed:
             self._claimed = True
-            self._start_threads((("event-loop", self.loop.run), ("docker-sync", self.docker_sync.run)))
-        self.ipam.release_unreleased()  # the store answers again: what Docker asked while it was away
+            self.host_store.reload_blocks()
+            self._start_threads(
+                (
+                    ("event-loop", self.loop.run),
+                    ("docker-sync", self.docker_sync.run),
+                    ("blocks", self._keep_blocks),
+                )
+            )
+        elif was_away or published:
+            self.loop.store_back()  # list again now: peers started elsewhere meanwhile
+            self.docker_sync.wake()
+
+    def _keep_blocks(self, stop: threading.Event) -> None:
+        """Keep a spare address block in each pool used here, soon after an allocation took from it."""
+        while not stop.is_set():
+            self.host_store.wanted.wait(KEEPER_INTERVAL)
+            if stop.is_set() or self.host_store.away:
+                continue
+            view = self.loop.view()
+            pools = {
+                pool_id
+                for network_id in set(view.bindings.values())
+                if (network := view.networks.get(network_id)) is not None
+                for pool_id in network.pool_ids
+            }
+            try:
+                self.host_store.keep_blocks(sorted(pools))
+            except StoreError as exc:
+                log.info("address blocks not topped up: %s", exc)
 
     def _heartbeat(self, stop: threading.Event) -> None:
         failures = 0
@@ -206,16 +244,22 @@ class Agent:
                 self._register()
                 failures = 0
             except StoreError as exc:
+                if isinstance(exc, StoreUnavailable):
+                    self.host_store.mark_away(exc)  # requests stop waiting on the store's timeouts
                 failures += 1  # before the first success it retries each second: say it once
                 log.log(logging.WARNING if self._claimed or failures == 1 else logging.DEBUG,
                         "cannot register host: %s", exc)  # fmt: skip
             finally:
                 self._first_heartbeat.set()
             # Quickly until the store first answers, so the loops start as soon as it does.
-            stop.wait(self.settings.host_ttl / 3 if self._claimed or self.refusal else CLAIM_RETRY)
+            # while away, every AWAY_PROBE: the journal is published soon after the store is back
+            quick = not self._claimed or self.host_store.away
+            stop.wait(AWAY_PROBE if self.host_store.away else CLAIM_RETRY if quick and not self.refusal
+                      else self.settings.host_ttl / 3)  # fmt: skip
 
     def stop(self) -> None:
         self._stop.set()
+        self.host_store.wanted.set()  # wakes the block keeper
         self.docker_sync.wake()  # its loop sleeps on the wake event
         if self.dns is not None:
             self.dns.close()  # wakes its blocked threads

@@ -19,43 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from driver import Dataplane, DataplaneError
-from driver.peers import Peer, desired_state, diff
-from kvstore import HOST_KIND, Endpoint, Event, Host, Network, NotFound, Store, StoreError
+from driver.peers import desired_state, diff
+from kvstore import Endpoint, Event, Host, Network, NotFound, Store, StoreError
 
+from .endpoint_rules import _announces, _programs_kernel, own_host_address, remote_peers
 from .guards import VtepGuard, allowed_vteps, own_ports
 from .nameservice.index import NameIndex
 
 log = logging.getLogger(__name__)
 
-NETWORKS, BINDINGS, HOSTS, ENDPOINTS = "networks", "bindings", "hosts", "endpoints/"  # ENDPOINTS + network id
+NETWORKS, BINDINGS, HOSTS, CLAIMS = "networks", "bindings", "hosts", "claims"
+ENDPOINTS = "endpoints/"  # + network id
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
-
-
-def remote_peers(host_id: str, endpoints: dict[str, Endpoint]) -> list[Peer]:
-    """Endpoints on other hosts, as the dataplane programs them."""
-    return [
-        Peer(mac=e.mac, ip=e.ip, vtep=e.vtep, ip6=e.ip6) for e in endpoints.values() if e.host_id != host_id
-    ]
-
-
-def _announces(host_id: str, before: Endpoint | None, after: Endpoint) -> bool:
-    """Whether a watch event makes this host announce a remote endpoint: it appeared with an address,
-    or its IP-to-MAC mapping changed."""
-    if after.host_id == host_id or not (after.address or after.address6):
-        return False
-    return before is None or (before.ip, before.ip6, before.mac) != (after.ip, after.ip6, after.mac)
-
-
-def _programs_kernel(host_id: str, *records: Endpoint | None) -> bool:
-    """Whether an endpoint event (its record before and after) changes what sync programs: another
-    host's endpoints (FDB and neighbour entries) or this host's exposure (the bridge's address)."""
-    return any(e is not None and (e.host_id != host_id or e.kind == HOST_KIND) for e in records)
-
-
-def own_host_address(host_id: str, endpoints: dict[str, Endpoint]) -> tuple[str, str] | None:
-    """(address, MAC) of this host's exposure on the network (pyoverlay expose), or None."""
-    exposed = [e for e in endpoints.values() if e.host_id == host_id and e.kind == HOST_KIND and e.address]
-    return (exposed[0].address, exposed[0].mac) if exposed else None
 
 
 @dataclass(frozen=True)
@@ -78,6 +53,7 @@ class EventLoop:
         on_network_event: Callable[[str, Network | None], None] = lambda network_id, network: None,
         resync_interval: float = 30.0,
         vxlan_port: int = 4789,
+        on_claims: Callable[[list[tuple[str, dict, int]]], None] = lambda claims: None,
     ) -> None:
         self.store = store
         self.dataplane = dataplane
@@ -85,6 +61,7 @@ class EventLoop:
         self.ensure_devices = ensure_devices  # builds bridge + VXLAN of a network bound here
         self.on_network_event = on_network_event  # the Docker side follows networks made or removed elsewhere
         self.resync_interval = resync_interval
+        self.on_claims = on_claims  # other hosts asking for addresses of this host's blocks
         self.hosts: dict[str, str] = {}  # host_id -> VTEP address, every registered host
         self.vtep_guard = VtepGuard(dataplane, vxlan_port)
         self.networks: dict[str, Network] = {}
@@ -103,6 +80,10 @@ class EventLoop:
     def kick(self, network_id: str = "") -> None:
         """A handler or Docker sync changed a network on this host: check its devices and peers."""
         self.queue.put(("kick", network_id, None))
+
+    def store_back(self) -> None:
+        """The store answers again: list what broke now rather than after the back-off."""
+        self.queue.put(("back", None, None))
 
     def view(self) -> View:
         with self._view_lock:
@@ -139,7 +120,7 @@ class EventLoop:
 
     def relist(self) -> None:
         """List every scope this host needs, program the kernel, and start the watches."""
-        self._broken = {NETWORKS, BINDINGS, HOSTS}
+        self._broken = {NETWORKS, BINDINGS, HOSTS, CLAIMS}
         self.repair()
         self.collect_devices()
         self.collect_retired_veths()
@@ -172,6 +153,8 @@ class EventLoop:
             self.collect_devices()
             self.collect_retired_veths()
             self.guard_vteps(force=True)
+        elif kind == "back":
+            self._retry_at, self._retry_delay = 0.0, RETRY_MIN
         elif kind == "watch":
             generation, batch = payload
             current = self._watches.get(scope)
@@ -216,6 +199,10 @@ class EventLoop:
             self.hosts = {h.host_id: h.address for h in hosts}
             self._watch(scope, lambda sink: self.store.watch_hosts(revision + 1, sink))
             self.guard_vteps()
+        elif scope == CLAIMS:
+            claims, revision = self.store.claims_at()
+            self._watch(scope, lambda sink: self.store.watch_claims(revision + 1, sink))
+            self.on_claims(claims)
         elif scope[len(ENDPOINTS) :] in self.endpoints:  # still bound
             network_id = scope[len(ENDPOINTS) :]
             endpoints, revision = self.store.endpoints_at(network_id)
@@ -265,6 +252,9 @@ class EventLoop:
         self.guard_vteps()
 
     def _apply(self, scope: str, events: list[Event]) -> None:
+        if scope == CLAIMS:
+            self.on_claims([(e.key_id, e.record, e.revision) for e in events if isinstance(e.record, dict)])
+            return
         if scope == HOSTS:
             for event in events:
                 if isinstance(event.record, Host):

@@ -22,6 +22,9 @@ class Settings:
     # a ULA (RFC 4193) /48 with the fixed global ID 70:796f:76 ("pyov"): change it if your site uses it
     default_pool6: str = "fd70:796f:7600::/48"
     default_pool6_size: int = 64
+    # address blocks a host claims and allocates in alone (docs/kvstore.md, "Blocks"): a /28 is 16 addresses
+    block_size: int = 28
+    block_size6: int = 122
     vxlan_port: int = 4789
     etcd_ca_cert: str = ""
     etcd_cert: str = ""
@@ -49,6 +52,8 @@ _HELP = {
     "default_pool_size": "prefix length of carved subnets",
     "default_pool6": "IPv6 range that IPv6 subnets are carved from when a network names none",
     "default_pool6_size": "prefix length of carved IPv6 subnets",
+    "block_size": "prefix length of the IPv4 address blocks a host claims in a new pool (0: no blocks)",
+    "block_size6": "prefix length of the IPv6 address blocks a host claims in a new pool (0: no blocks)",
     "vxlan_port": "UDP port of the VXLAN devices",
     "etcd_ca_cert": "CA certificate file for etcd TLS",
     "etcd_cert": "client certificate file for etcd TLS",
@@ -107,6 +112,8 @@ def _validate(raw: dict[str, str]) -> Settings:
         elif key in (
             "default_pool_size",
             "default_pool6_size",
+            "block_size",
+            "block_size6",
             "vxlan_port",
             "workers_threads",
             "host_ttl",
@@ -133,6 +140,10 @@ def _validate(raw: dict[str, str]) -> Settings:
         ) from None
     if not pool6.prefixlen <= settings.default_pool6_size <= 126:
         raise SystemExit(f"pyoverlay: DEFAULT_POOL6_SIZE must be between {pool6.prefixlen} and 126")
+    if settings.block_size and not 16 <= settings.block_size <= 30:
+        raise SystemExit("pyoverlay: BLOCK_SIZE must be 0 (no blocks) or between 16 and 30")
+    if settings.block_size6 and not 96 <= settings.block_size6 <= 126:
+        raise SystemExit("pyoverlay: BLOCK_SIZE6 must be 0 (no blocks) or between 96 and 126")
     if settings.advertise_addr:
         _address("advertise_addr", settings.advertise_addr)
     if settings.dns_address:

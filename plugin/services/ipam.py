@@ -5,10 +5,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from kvstore import GATEWAY_OWNER, REQUEST_OWNER_PREFIX, NotFound, Store, StoreError, StoreUnavailable
+from kvstore import GATEWAY_OWNER, REQUEST_OWNER_PREFIX, HostStore, NotFound, Store, StoreUnavailable
 
 from .. import failpoints
 from ..errors import BadRequest, ConflictError
@@ -27,10 +26,14 @@ class IpamService:
     default_pool_size: int
     default_pool6: str = "fd70:796f:7600::/48"
     default_pool6_size: int = 64
-    # Releases the store was away for, retried by release_unreleased(): Docker ignores a failed release,
-    # and an address a request reserved whose CreateEndpoint then failed would otherwise stay taken.
-    _unreleased: set[tuple[str, str]] = field(default_factory=set)
-    _unreleased_lock: threading.Lock = field(default_factory=threading.Lock)
+    block_size: int = 0  # new pools' address blocks (kvstore/blocks.py); 0: none
+    block_size6: int = 0
+    # this host's blocks and its work while the store is away; shared with the NetworkService
+    host: HostStore | None = None
+
+    def __post_init__(self) -> None:
+        if self.host is None:
+            self.host = HostStore(self.store, self.host_id, None)
 
     def capabilities(self) -> dict[str, bool]:
         # No MAC: Docker would make up a random one, put it on the container and forbid the network driver
@@ -58,7 +61,13 @@ class IpamService:
             if req.v6
             else (self.default_pool, self.default_pool_size)
         )
-        pool = self.store.request_pool(self.host_id, subnet, ip_range, default, size)
+        if self.host.away:
+            raise StoreUnavailable(
+                "etcd is unreachable from this host: a new network needs it (its subnet and VNI must be "
+                "unique across hosts); try again once etcd answers"
+            )
+        block_size = self.block_size6 if req.v6 else self.block_size
+        pool = self.store.request_pool(self.host_id, subnet, ip_range, default, size, block_size)
         failpoints.hit("RequestPool.after_store")
         return {"PoolID": pool.pool_id, "Pool": pool.subnet, "Data": {}}
 
@@ -78,13 +87,13 @@ class IpamService:
                 )
 
     def release_pool(self, pool_id: str) -> None:
-        self.store.release_pool(self.host_id, pool_id)
+        self.host.release_pool(pool_id)
         failpoints.hit("ReleasePool.after_store")
 
     def request_address(
         self, req: RequestAddressRequest, request_key: str | None = None
     ) -> dict[str, object]:
-        pool = self.store.get_pool(req.pool_id)
+        pool = self.host.get_pool(req.pool_id)
         if req.is_gateway:
             owner = GATEWAY_OWNER
         elif req.mac:
@@ -94,43 +103,16 @@ class IpamService:
             # second container asking for a taken --ip gets a conflict (a resent request does too)
             # until CreateEndpoint adopts it; a request resent after a crash has the same key (its journal's)
             owner = REQUEST_OWNER_PREFIX + (request_key or secrets.token_hex(8))
-        address = self.store.reserve_address(pool.pool_id, owner, self.host_id, req.address)
+        address = self.host.reserve_address(pool, owner, req.address)
         failpoints.hit("RequestAddress.after_store")
         prefixlen = ipaddress.ip_network(pool.subnet).prefixlen
         return {"Address": f"{address}/{prefixlen}", "Data": {}}
 
     def release_address(self, req: ReleaseAddressRequest) -> None:
-        try:
-            self.store.release_address(req.pool_id, req.address)
-        except StoreUnavailable:
-            with self._unreleased_lock:
-                self._unreleased.add((req.pool_id, req.address))
-            raise
+        # while the store is away the release is journalled on disk and published when it is back:
+        # Docker ignores a failed release, and the address would stay taken
+        self.host.release_address(req.pool_id, req.address)
         failpoints.hit("ReleaseAddress.after_store")
-
-    def release_unreleased(self) -> int:
-        """Retry the releases the store was away for; returns how many went through. An address is freed
-        only while no endpoint record holds it (one that does is freed with it by Docker sync), and only
-        from the owner read here. Kept in memory: an agent restarted meanwhile forgets them."""
-        with self._unreleased_lock:
-            pending = sorted(self._unreleased)
-        done = 0
-        try:
-            held = (
-                {ip for e in self.store.list_endpoints() for ip in (e.ip, e.ip6) if ip} if pending else set()
-            )
-            for pool_id, address in pending:
-                owner = self.store.list_addresses(pool_id).get(address)
-                if owner is not None and address not in held:  # subnets never overlap: one pool has it
-                    self.store.release_address(pool_id, address, only_owner=owner)
-                with self._unreleased_lock:
-                    self._unreleased.discard((pool_id, address))
-                done += 1
-        except StoreError:
-            pass  # away again: the next call tries the rest
-        if done:
-            log.info("released %d addresses whose release met the store away", done)
-        return done
 
 
 def _subnet(value: str, what: str, version: int) -> str:

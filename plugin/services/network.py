@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from driver import Dataplane, DataplaneError
-from kvstore import HOST_KIND, Endpoint, Network, NotFound, Store
+from kvstore import HOST_KIND, Endpoint, HostStore, Network, NotFound, Store, StoreUnavailable
 
 from .. import failpoints
 from ..errors import BadRequest, UnknownObject
@@ -40,6 +40,12 @@ class NetworkService:
     # Docker's NetworkID here -> the cluster network's VNI, as looked up: a binding is this host's own and
     # a VNI never changes, so DeleteEndpoint needs no store round trip to find the veth's namespace
     _vnis: dict[str, int] = field(default_factory=dict, repr=False)
+    # endpoints and their networks through this host's copies while the store is away (kvstore/host_store.py)
+    host: HostStore | None = None
+
+    def __post_init__(self) -> None:
+        if self.host is None:
+            self.host = HostStore(self.store, self.host_id, None)
 
     def capabilities(self) -> dict[str, str]:
         return {"Scope": "local", "ConnectivityScope": "global"}
@@ -162,7 +168,7 @@ class NetworkService:
 
     def network(self, docker_network_id: str) -> Network:
         try:
-            network = self.store.network_for(self.host_id, docker_network_id)
+            network = self.host.network_for(docker_network_id)
         except NotFound:
             raise UnknownObject(
                 f"network {docker_network_id[:12]} is not a pyoverlay network on this host"
@@ -198,7 +204,7 @@ class NetworkService:
             address6=str(req.ipv6_address) if req.ipv6_address else None,
         )
         try:
-            current = self.store.get_endpoint(req.endpoint_id)
+            current = self.host.get_endpoint(req.endpoint_id)
         except NotFound:
             current = None
         if current is not None and _identity(current) != _identity(endpoint):
@@ -208,7 +214,7 @@ class NetworkService:
             # in the endpoint record's own transaction
             adopt = network.pool_id if network.pool_id and req.address else None
             adopt6 = network.pool6_id if network.pool6_id and req.ipv6_address else None
-            self.store.put_endpoint(endpoint, adopt_from_pool=adopt, adopt6_from_pool=adopt6)
+            self.host.put_endpoint(endpoint, adopt, adopt6)
         failpoints.hit("CreateEndpoint.after_store")
         mtu = self.mtu_for(network)
         try:
@@ -229,8 +235,8 @@ class NetworkService:
         # the network's namespace holds the veth's port: without its VNI, every network's is searched
         vni = self._vnis.get(req.docker_network_id)
         if vni is None:
-            with contextlib.suppress(NotFound):
-                vni = self.store.network_for(self.host_id, req.docker_network_id).vni
+            with contextlib.suppress(NotFound, StoreUnavailable):
+                vni = self.host.network_for(req.docker_network_id).vni
         self._remove_endpoint(req.endpoint_id, vni, failpoint="DeleteEndpoint")
 
     def _remove_endpoint(self, endpoint_id: str, vni: int | None, failpoint: str = "") -> None:
@@ -238,7 +244,7 @@ class NetworkService:
             self.dataplane.delete_endpoint(endpoint_id, vni)
             failpoints.hit(f"{failpoint}.after_kernel")
         finally:
-            self.store.delete_endpoint(endpoint_id)
+            self.host.delete_endpoint(endpoint_id)
         failpoints.hit(f"{failpoint}.after_store")
 
     def endpoint(self, req: EndpointRequest) -> Endpoint:
@@ -246,7 +252,7 @@ class NetworkService:
 
     def _endpoint_on_network(self, req: EndpointRequest) -> tuple[Endpoint, Network]:
         try:
-            endpoint = self.store.get_endpoint(req.endpoint_id)
+            endpoint = self.host.get_endpoint(req.endpoint_id)
         except NotFound:
             raise UnknownObject(f"endpoint {req.endpoint_id[:12]} is not known to pyoverlay") from None
         network = self.network(req.docker_network_id)

@@ -4,7 +4,9 @@ no dockerd, no etcd. The event loop is driven by hand (drain/settle) rather than
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kvstore import Network, Store
+from kvstore import HostStore, Network, Store
 from kvstore.kv_sqlite import SqliteKV
 from plugin.docker_sync import DockerSync
 from plugin.event_loop import EventLoop
@@ -31,6 +33,7 @@ from tests.memory_dataplane import MemoryDataplane
 UNDERLAY_MTU = 1500
 VXLAN_PORT = 4789
 DEFAULT_POOL = "10.200.0.0/13"
+BLOCK_SIZE = 28  # as the agent's default: service tests run with address blocks
 MAC_OPTION = "com.docker.network.endpoint.macaddress"
 GATEWAY = {"RequestAddressType": "com.docker.network.gateway"}
 
@@ -131,6 +134,26 @@ class Host:
                 raise AssertionError(f"host {self.host_id}: condition not met within {timeout}s") from None
             self.loop.handle(*item)
 
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """Run this host's event loop in a thread meanwhile: it answers other hosts' claims on addresses
+        of its blocks (a --ip there), as a running agent does."""
+        stop = threading.Event()
+        self.loop.relist()
+
+        def run() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(queue.Empty):
+                    self.loop.handle(*self.loop.queue.get(timeout=0.05))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
     def settle(self, quiet: float = 0.3) -> list[tuple[str, Any, Any]]:
         """Handle queued items until none arrives for ``quiet`` seconds; return what was handled."""
         handled = []
@@ -159,6 +182,7 @@ def make_host(kv: SqliteKV) -> Iterator[Callable[..., Host]]:
     def factory(host_id: str, vtep: str, embedded: bool = False) -> Host:
         store = Store(kv)  # not closed by the host: the primitive is closed once, by the kv fixture
         dp = MemoryDataplane()
+        host_store = HostStore(store, host_id, None)
         network = NetworkService(
             store=store,
             dataplane=dp,
@@ -167,14 +191,21 @@ def make_host(kv: SqliteKV) -> Iterator[Callable[..., Host]]:
             underlay_mtu=UNDERLAY_MTU,
             vxlan_port=VXLAN_PORT,
             embedded=embedded,
+            host=host_store,
         )
-        ipam = IpamService(store, host_id, DEFAULT_POOL, 24)
+        ipam = IpamService(store, host_id, DEFAULT_POOL, 24, block_size=BLOCK_SIZE, host=host_store)
 
         def ensure_devices(net: Network) -> None:
             dp.ensure_network(net.vni, network.mtu_for(net), vtep, VXLAN_PORT)
 
         loop = EventLoop(
-            store, dp, host_id, ensure_devices=ensure_devices, resync_interval=3600, vxlan_port=VXLAN_PORT
+            store,
+            dp,
+            host_id,
+            ensure_devices=ensure_devices,
+            resync_interval=3600,
+            vxlan_port=VXLAN_PORT,
+            on_claims=host_store.answer_claims,
         )
         sync = DockerSync(
             store,

@@ -7,7 +7,7 @@ from driver import PeerState
 from driver.peers import FLOOD_MAC
 from kvstore import StoreUnavailable
 from kvstore.alloc import VNI_MIN
-from plugin.event_loop import BINDINGS, ENDPOINTS, HOSTS, NETWORKS
+from plugin.event_loop import BINDINGS, CLAIMS, ENDPOINTS, HOSTS, NETWORKS
 from plugin.messages import ReleaseAddressRequest
 
 from .conftest import Host, Net
@@ -53,7 +53,7 @@ def test_no_events_for_a_network_this_host_has_not_joined(host_a: Host, host_b: 
         host_b.create_endpoint(theirs)
     assert host_a.settle(quiet=0.5) == []
     assert host_a.loop.queue.qsize() == 0
-    assert set(host_a.loop._watches) == {NETWORKS, BINDINGS, HOSTS}
+    assert set(host_a.loop._watches) == {NETWORKS, BINDINGS, HOSTS, CLAIMS}
     assert host_a.loop.endpoints == {} and host_a.dp.peers == {} and host_a.dp.networks == {}
     assert theirs.docker_id in host_a.loop.view().networks  # the network list is watched
 
@@ -76,7 +76,7 @@ def test_leaving_stops_the_scope_and_removes_the_devices(host_a: Host, host_b: H
     host_a.drain(lambda: bool(host_a.dp.peers.get(VNI_MIN, PeerState()).fdb))
     host_a.network.delete_network(mine.docker_id)
     host_a.settle()
-    assert set(host_a.loop._watches) == {NETWORKS, BINDINGS, HOSTS}
+    assert set(host_a.loop._watches) == {NETWORKS, BINDINGS, HOSTS, CLAIMS}
     assert host_a.loop.endpoints == {} and host_a.dp.networks == {} and host_a.dp.peers == {}
     host_b.create_endpoint(theirs)
     assert host_a.settle(quiet=0.5) == []
@@ -140,7 +140,7 @@ def test_a_network_removed_while_the_network_watch_was_down_is_left_on_relisting
     host_a.loop.queue.put(("watch", NETWORKS, (generation, StoreUnavailable("x"))))
     host_a.settle()
     assert theirs.docker_id not in host_a.loop.view().networks
-    assert set(host_a.loop._watches) == {NETWORKS, BINDINGS, HOSTS}  # its endpoint scope stopped
+    assert set(host_a.loop._watches) == {NETWORKS, BINDINGS, HOSTS, CLAIMS}  # its endpoint scope stopped
     assert host_a.dp.networks == {}  # as when the delete event arrives
 
 

@@ -46,11 +46,12 @@ def test_address_by_mac_is_idempotent_across_hosts(host_a: Host, host_b: Host):
     first = address(host_a, pool_id, "02:00:00:00:00:01")
     assert address(host_a, pool_id, "02:00:00:00:00:01") == first  # Docker resent it
     second = address(host_b, pool_id, "02:00:00:00:00:02")
-    assert (first, second) == ("10.30.0.2/24", "10.30.0.3/24")
+    # each host hands out addresses of its own block (a /28: the pool's blocks, 10.30.0.0/28 first)
+    assert (first, second) == ("10.30.0.2/24", "10.30.0.16/24")
     assert host_a.store.list_addresses(pool_id) == {
         "10.30.0.1": "gateway",
         "10.30.0.2": "02:00:00:00:00:01",
-        "10.30.0.3": "02:00:00:00:00:02",
+        "10.30.0.16": "02:00:00:00:00:02",
     }
 
 
@@ -168,7 +169,7 @@ def test_without_a_mac_each_request_owns_its_address(host_a: Host, host_b: Host)
 
 
 def test_a_release_the_store_was_away_for_goes_through_when_it_is_back(host_a: Host, monkeypatch):
-    # Docker ignores a failed ReleaseAddress: an address released while etcd was away must not stay taken
+    # Docker ignores a failed ReleaseAddress: a release while etcd is away is journalled and published
     net = host_a.create_network("10.30.0.0/24")
     pool_id = net.pool_id
     unused = address(host_a, pool_id).split("/")[0]  # its CreateEndpoint failed
@@ -183,10 +184,14 @@ def test_a_release_the_store_was_away_for_goes_through_when_it_is_back(host_a: H
 
     monkeypatch.setattr(host_a.store, "release_address", away)
     for bare in (unused, gone, kept):
-        with pytest.raises(StoreUnavailable):
-            release(host_a, pool_id, bare)
-    assert host_a.ipam.release_unreleased() == 0  # still away
+        release(host_a, pool_id, bare)  # answered: journalled
+    journal = host_a.ipam.host.offline
+    assert journal.pending == 3 and host_a.ipam.host.away
+    with pytest.raises(StoreUnavailable):
+        host_a.ipam.host.publish()  # still away: kept
+    assert journal.pending == 3
     monkeypatch.setattr(host_a.store, "release_address", store_release)
-    assert host_a.ipam.release_unreleased() == 3
-    assert set(host_a.store.list_addresses(pool_id)) == {"10.30.0.1", kept}
-    assert host_a.ipam.release_unreleased() == 0  # done once
+    assert host_a.ipam.host.publish() == 3
+    assert not host_a.ipam.host.away
+    assert set(host_a.store.list_addresses(pool_id)) == {"10.30.0.1", kept}  # kept: its endpoint holds it
+    assert host_a.ipam.host.publish() == 0  # done once
