@@ -153,13 +153,17 @@ def published_lines(lab, hosts) -> dict[str, str]:
 
 def settle_and_check(lab, born_and_old: dict[str, list[str]]) -> dict[str, int]:
     """All pairs reach each other, nothing leaked, every address is unique; the pair and address counts."""
-    pairs = wait_all_pairs(lab, born_and_old, "pre")
+    pairs, lost_first = wait_all_pairs(lab, born_and_old, "pre")
     assert_no_leaks(lab, timeout=STALE_SECONDS + 60)  # room for a listing that hangs once (30 s)
     assert not [k for k in store_items(lab) if REFUSED_SUBNET.split("/")[0] in k], "the refused network"
     assert all("during" not in networks(h) for h in lab.hosts)
     # a fixed address asked of a block's holder is a claims/<pool>/<ip> key until granted or refused
     wait_for(lambda: not store_items(lab, ROOT + "claims/"), 30, "no claim left in the store")
-    return {"pairs_reached": pairs, "addresses_unique": assert_unique(lab)}
+    return {
+        "pairs_reached": pairs,
+        "pairs_lost_in_first_round": lost_first,
+        "addresses_unique": assert_unique(lab),
+    }
 
 
 def test_all_hosts_cut_off_etcd_start_containers_and_converge(proxied_lab):  # noqa: F811
