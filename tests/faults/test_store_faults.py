@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from plugin.docker_sync import STALE_SECONDS
+from tests.lab.host import CommandFailed
 from tests.lab.system import wait_until as wait_for
 from tests.multihost.test_overlay import SLEEP, converge_ping, create_everywhere, ip_of, networks
 
@@ -109,10 +110,15 @@ def outage(lab, stop: Callable[[], None], start: Callable[[], None], seconds: fl
     # gone for STALE_SECONDS (a CreateNetwork in flight looks the same at first).
     caught_up = time.monotonic()
     assert_no_leaks(lab, timeout=STALE_SECONDS + 60)  # room for a listing that hangs once (30 s)
+
+    def agree() -> bool:
+        try:
+            return not bindings_agree(lab)
+        except CommandFailed:  # a network Docker sync removed between `network ls` and `inspect`
+            return False
+
     try:  # the network removed offline goes from the store after Docker sync's grace (STALE_SECONDS)
-        wait_for(
-            lambda: not bindings_agree(lab), STALE_SECONDS + 30, "Docker's and the store's networks agree"
-        )
+        wait_for(agree, STALE_SECONDS + 30, "Docker's and the store's networks agree")
     except RuntimeError as exc:
         raise AssertionError(
             f"bindings differ (only in Docker, only in the store): {bindings_agree(lab)}"
