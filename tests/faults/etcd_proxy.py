@@ -30,7 +30,7 @@ def _enter_netns(path: str) -> None:
 
 class EtcdProxy:
     """``EtcdProxy(netns_path, listen=(addr, port), upstream=(addr, port))``; ``endpoint`` for
-    ETCD_ENDPOINTS; ``cut(seconds)``; ``close()``."""
+    ETCD_ENDPOINTS; ``cut(seconds)`` (``math.inf``: until ``heal()``); ``close()``."""
 
     def __init__(self, netns_path: str, listen: tuple[str, int], upstream: tuple[str, int]) -> None:
         self.netns_path, self.listen, self.upstream = netns_path, listen, upstream
@@ -70,6 +70,11 @@ class EtcdProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+
+    def heal(self) -> None:
+        """Accept connections again now (within the serving loop's 50 ms poll)."""
+        with self._lock:
+            self._refuse_until = 0.0
 
     def close(self) -> None:
         self._stop.set()
