@@ -33,6 +33,9 @@ class HostBlocks:
         self._pools: dict[str, PoolBlocks] = {}
         # marked, not yet written to the store nor journalled: a reload from the store must keep them
         self._inflight: dict[tuple[str, str], str] = {}
+        # every mark numbered: a reload keeps the marks made after its listing began (see since())
+        self._seq = 0
+        self._marked: dict[tuple[str, str], tuple[int, str]] = {}
         for key, value in offline.items(COPY):
             self._pools[key[len(COPY) :]] = PoolBlocks(dict(value["blocks"]), dict(value["taken"]))
 
@@ -50,11 +53,22 @@ class HostBlocks:
             self._offline.put(COPY + pool_id, {"blocks": pool.blocks, "taken": pool.taken})
 
     # -- what the store says ------------------------------------------------------------------------
-    def replace(self, pool_id: str, held: dict[str, int], taken: dict[str, str]) -> None:
+    def since(self) -> int:
+        """Where the marks stand: take it before listing the store, and pass it to replace()."""
+        with self._lock:
+            return self._seq
+
+    def _note(self, pool_id: str, address: str, owner: str) -> None:
+        self._seq += 1
+        self._marked[(pool_id, address)] = (self._seq, owner)
+
+    def replace(self, pool_id: str, held: dict[str, int], taken: dict[str, str], since: int = -1) -> None:
         """The pool's blocks and their reserved addresses as the store lists them now (plus what this
         host reserved that the store has not got yet: the caller adds its journal's reservations)."""
         with self._lock:
-            taken = {**taken, **{a: o for (p, a), o in self._inflight.items() if p == pool_id}}
+            recent = {a: o for (p, a), (n, o) in self._marked.items() if p == pool_id and n > since}
+            self._marked = {k: v for k, v in self._marked.items() if k[0] != pool_id or v[0] > since}
+            taken = {**taken, **recent, **{a: o for (p, a), o in self._inflight.items() if p == pool_id}}
             self._pools[pool_id] = PoolBlocks(
                 dict(held), {a: o for a, o in taken.items() if _within(a, held)}
             )
@@ -105,6 +119,7 @@ class HostBlocks:
             mine.taken[address] = owner
             mine.empty_since.pop(block, None)
             self._inflight[(pool.pool_id, address)] = owner
+            self._note(pool.pool_id, address, owner)
             self._save(pool.pool_id)
             return address, block, mine.blocks[block]
 
@@ -144,6 +159,7 @@ class HostBlocks:
             if self.holds(pool_id, address) is None:
                 return False
             self._pools[pool_id].taken[address] = owner
+            self._note(pool_id, address, owner)
             if in_flight:
                 self._inflight[(pool_id, address)] = owner
             self._save(pool_id)

@@ -175,9 +175,10 @@ class HostStore(HostUpkeep):
     def release_address(self, pool_id: str, address: str) -> None:
         """Free the address; while away, once the store is back (a release Docker sent then is not
         lost, even if the agent restarts meanwhile)."""
-        owner = self.blocks.owner_of(pool_id, address)
-        self._write({"op": "release", "pool_id": pool_id, "address": address, "owner": owner})
-        self.blocks.free(pool_id, address, owner)
+        # No owner: the view's may lag the store's (an adoption a reload overtook); published later, it
+        # frees from the owner read then, while no endpoint record holds the address.
+        self._write({"op": "release", "pool_id": pool_id, "address": address})
+        self.blocks.free(pool_id, address)
 
     # -- addresses ----------------------------------------------------------------------------------
     def reserve_address(self, pool: Pool, owner: str, address: str | None) -> str:

@@ -34,6 +34,7 @@ class HostUpkeep:
     def reload_blocks(self, pool_id: str | None = None) -> None:
         """Take the blocks this host holds, and their reserved addresses, from the store again; the
         journal's reservations not yet published stay marked."""
+        since = self.blocks.since()  # marks made while this lists stay
         held = self._call(self.store.host_blocks, self.host_id)
         for pool in [pool_id] if pool_id else sorted(set(held) | set(self.blocks.pool_ids())):
             mine = held.get(pool, {})
@@ -41,7 +42,7 @@ class HostUpkeep:
             for _, op in self.offline.journal():
                 if op["op"] == "reserve" and op["pool_id"] == pool:
                     taken[op["address"]] = op["owner"]
-            self.blocks.replace(pool, mine, taken)
+            self.blocks.replace(pool, mine, taken, since)
 
     def keep(self) -> None:
         """Get ready for the store going away (online only): copy the networks bound here and their
