@@ -160,9 +160,13 @@ def wait_traffic(h, container: str, target: str, timeout: float = 60) -> float:
 
 
 def unreachable(h, container: str, targets: list[str]) -> list[str]:
-    """Which of ``targets`` ``container`` on h gets no echo answer from: one exec, the pings in parallel,
-    so a round costs about the timeout however many targets are lost."""
-    script = 'for ip in "$@"; do (ping -c1 -W2 "$ip" >/dev/null 2>&1 || echo "$ip") & done; wait'
+    """Which of ``targets`` ``container`` on h gets no echo answer from: one exec, eight pings at a time
+    (all at once, a hundred ARP broadcasts flooded to a hundred ports overrun the bridge's backlog and
+    lose the first echoes of the check itself)."""
+    script = (
+        'n=0; for ip in "$@"; do (ping -c1 -W2 "$ip" >/dev/null 2>&1 || echo "$ip") & n=$((n + 1)); '
+        "[ $((n % 8)) -eq 0 ] && wait; done; wait"
+    )
     out = h.docker("exec", container, "sh", "-c", script, "sh", *targets, timeout=60)
     return out.stdout.split()
 
