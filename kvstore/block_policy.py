@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from . import alloc, blocks
-from .ipam import RETRY, IpamPolicy
+from .ipam import MAX_ATTEMPTS, RETRY, IpamPolicy
 from .keys import (
     BLOCKS,
     CLAIMS,
@@ -34,6 +34,10 @@ from .kv import Compare, Delete, Item, Put, Watch, absent, same_incarnation, unc
 from .model import Conflict, Exhausted, NotFound, Pool
 
 ANSWER_WAIT = 5.0  # seconds a request waits for a block's holder to answer a claim
+
+
+class ClaimBusy(Conflict):
+    """Another host is asking for the same address right now."""
 
 
 class BlockHeld(Exception):
@@ -187,11 +191,22 @@ class BlockPolicy(IpamPolicy):
         taken = alloc.address_ints(self.list_addresses(pool_id))
         items, _ = self._kv.range(blocks_prefix(pool_id))
         others = [i for i in items if load(i).get("host_id") != host_id]
-        random.shuffle(others)  # spread borrowers over the holders
-        for item in others:
-            block = split_block_key(item.key)[1]
-            for candidate in blocks.free_in_blocks(pool.subnet, [block], taken, limit=1):
-                return self.ask_holder(pool_id, block, item, str(candidate), owner, host_id)
+        candidates = [
+            (item, str(address))
+            for item in others
+            for address in blocks.free_in_blocks(
+                pool.subnet, [split_block_key(item.key)[1]], taken, limit=256
+            )
+        ]
+        random.shuffle(candidates)  # borrowers asking at once spread over the free addresses
+        for item, address in candidates[:MAX_ATTEMPTS]:
+            try:
+                return self.ask_holder(pool_id, split_block_key(item.key)[1], item, address, owner, host_id)
+            except ClaimBusy:
+                continue  # another borrower asks for this one: the next
+            except Conflict as exc:
+                if "in use" not in str(exc):
+                    raise  # unanswered: the holder is away
         raise Exhausted(f"pool {pool.subnet} has no free address")
 
     # -- claims: asking a block's holder, and answering ---------------------------------------------
@@ -220,7 +235,7 @@ class BlockPolicy(IpamPolicy):
                 raise Conflict(f"address {address}: {load(current)['refused']}")
             if current is None or not asked and load(current).get("owner") != owner:
                 if current is not None:
-                    raise Conflict(f"address {address} is being asked for by another host; try again")
+                    raise ClaimBusy(f"address {address} is being asked for by another host; try again")
                 return self.reserve_address(pool_id, owner, host_id, address)  # the block went meanwhile
             if time.monotonic() > deadline:
                 if self._kv.txn([unchanged(key, current)], [Delete(key)]):

@@ -167,3 +167,15 @@ def test_a_block_reclaimed_by_another_host_refuses_its_old_holders_reservation(m
     assert new.claim_block(pool_id, "h1")[0] == block
     with pytest.raises(Conflict, match="no longer held by host h0"):
         old.reserve_in_block(pool_id, block, revision, "10.60.0.5", "02:00:00:00:00:05", "h0")
+
+
+def test_borrowers_asking_at_once_spread_over_the_free_addresses(make_store) -> None:
+    holder, borrower = make_store(), make_store()
+    pool_id = pool_for(holder, "h0", "h1", subnet="10.62.0.0/27")  # 4 blocks of 8, every one held by h0
+    while holder.claim_block(pool_id, "h0") is not None:
+        pass
+    with holder_answering(holder), ThreadPoolExecutor(8) as pool:
+        got = list(
+            pool.map(lambda n: borrower.reserve_address(pool_id, f"02:00:00:00:01:{n:02x}", "h1"), range(8))
+        )
+    assert len(set(got)) == 8
