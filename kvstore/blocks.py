@@ -29,6 +29,11 @@ def block_prefixlen(subnet: str, ip_range: str | None, wanted: int) -> int:
     return prefixlen if prefixlen <= max_prefixlen(rng) else 0
 
 
+def block_size(subnet: str, prefixlen: int) -> int:
+    """How many addresses a ``/prefixlen`` block of ``subnet``'s family holds."""
+    return 1 << (ip_network(subnet).max_prefixlen - prefixlen)
+
+
 def block_of(address: str | Address, prefixlen: int) -> str:
     """The block (CIDR) holding ``address``."""
     return str(ip_network(f"{address}/{prefixlen}", strict=False))

@@ -196,7 +196,7 @@ class HostBlocks:
                     mine.empty_since.pop(block, None)
                 else:
                     mine.empty_since.setdefault(block, now)
-            size = 1 << (len(alloc.ip_network(pool.subnet).network_address.packed) * 8 - pool.block_prefixlen)
+            size = blocks.block_size(pool.subnet, pool.block_prefixlen)
             spare, going = self.spare(pool), []
             for block, since in sorted(mine.empty_since.items()):
                 if now - since >= idle and spare - size >= size:

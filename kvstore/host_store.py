@@ -348,9 +348,9 @@ class HostStore(HostUpkeep):
                 self.conflicts += 1
                 log.error("owner %s holds %s, not %s as handed out here", op["owner"], got, op["address"])
         elif kind == "release" and journalled:
-            self._release_published(op["pool_id"], op["address"], op.get("owner"))
+            self._release_published(op["pool_id"], op["address"])
         elif kind == "release":
-            self.store.release_address(op["pool_id"], op["address"], only_owner=op.get("owner"))
+            self.store.release_address(op["pool_id"], op["address"])
 
     def _reserve_published(self, op: dict[str, Any]) -> str:
         args = (op["pool_id"], op["block"], op["revision"], op["address"], op["owner"], self.host_id)
@@ -361,14 +361,13 @@ class HostStore(HostUpkeep):
             log.error("address %s handed out while away could not be published: %s", op["address"], exc)
             return op["address"]
 
-    def _release_published(self, pool_id: str, address: str, owner: str | None) -> None:
+    def _release_published(self, pool_id: str, address: str) -> None:
         # An endpoint record still holding the address is one whose DeleteEndpoint did not get through
-        # either: it goes with the record (Docker sync). A release not handed out from this host's blocks
-        # frees from the owner read now.
+        # either: it goes with the record (Docker sync). Otherwise it is freed from the owner read now.
         if self._held is None:
             self._held = {ip for e in self.store.list_endpoints() for ip in (e.ip, e.ip6) if ip}
         if address in self._held:
             return
-        owner = owner or self.store.list_addresses(pool_id).get(address)
+        owner = self.store.holder_of(pool_id, address)
         if owner is not None:
             self.store.release_address(pool_id, address, only_owner=owner)

@@ -9,6 +9,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from . import blocks
 from .model import GATEWAY_OWNER, Network, NotFound
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class HostUpkeep:
                 continue
             if not self.offline.pending:  # marks of addresses granted elsewhere and released since go
                 self.reload_blocks(pool_id)
-            size = 1 << ((16 if ":" in pool.subnet else 4) * 8 - pool.block_prefixlen)
+            size = blocks.block_size(pool.subnet, pool.block_prefixlen)
             while self.blocks.spare(pool) < size:
                 if not self._claim(pool):
                     break  # no free block: borrowing remains

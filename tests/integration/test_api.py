@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kvstore import NotFound
+from tests.lab.system import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -340,13 +341,6 @@ def _rows(db: Path, query: str) -> list:
         return conn.execute(query).fetchall()
 
 
-def wait_until(condition, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def test_store_unreachable_fails_cleanly_then_recovers(netns_host, etcd_server, tmp_path):
     from tests.etcd_server import EtcdServer
 
@@ -379,7 +373,7 @@ def test_store_unreachable_fails_cleanly_then_recovers(netns_host, etcd_server, 
         wait_for_store(c)
         network_id, pool_id, gateway = create_network(c)
         offline = Path(agent.state_dir) / "offline.db"
-        wait_until(lambda: _rows(offline, "SELECT key FROM copies WHERE key LIKE 'blocks/%'"))  # ready
+        wait_until(lambda: _rows(offline, "SELECT key FROM copies WHERE key LIKE 'blocks/%'"), 15, "blocks")
         etcd.kill()
         # a container starts and stops with etcd gone: served from this host's block, journalled
         endpoint_id = new_id()
@@ -398,7 +392,7 @@ def test_store_unreachable_fails_cleanly_then_recovers(netns_host, etcd_server, 
         c.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": network_id, "EndpointID": endpoint_id})
         c.ok("IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": address.split("/")[0]})
         etcd.start()
-        wait_until(lambda: not _rows(offline, "SELECT seq FROM journal"))  # published
+        wait_until(lambda: not _rows(offline, "SELECT seq FROM journal"), 15, "the journal published")
         wait_for_store(c)
         half_made = agent.host.links() | agent.host.network_links()
         assert not [n for n in half_made if n.startswith(("poh", "poc"))]  # no half-made endpoint
