@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from . import blocks
 from .host_blocks import HostBlocks
 from .host_upkeep import HostUpkeep
 from .model import (
@@ -231,7 +232,8 @@ class HostStore(HostUpkeep):
     def _write_reservation(
         self, pool: Pool, owner: str, address: str, block: str, revision: int, retried: bool
     ) -> str:
-        self.wanted.set()  # keep a spare block ready
+        if self.blocks.spare(pool) < blocks.block_size(pool.subnet, pool.block_prefixlen):
+            self.wanted.set()  # the spare is being used: the keeper claims another block soon
         op = {"op": "reserve", "pool_id": pool.pool_id, "block": block, "revision": revision}
         op.update(address=address, owner=owner)
         if self.away or self.offline.pending:
