@@ -24,6 +24,9 @@ RUN set -- /wheels/pip-*.whl \
     | sed 's|/__init__\.py$||; s|\.py$||; s|/|.|g' \
     | (cd / && xargs /opt/pyoverlay/bin/python -c \
         'import importlib, sys; [importlib.import_module(name) for name in sys.argv[1:]]')
+# wireguard-go (userspace WireGuard where the kernel has no module): Debian's package, from the wheelhouse.
+RUN set -- /wheels/debs/wireguard-go_*.deb && dpkg-deb -x "$1" /opt/wireguard-go \
+ && /opt/wireguard-go/usr/bin/wireguard-go --version >/dev/null
 
 FROM ${BASE}
 # iptables from the base's Debian release (bookworm: the nft backend, as the host's dockerd uses).
@@ -33,5 +36,6 @@ RUN if ! command -v iptables >/dev/null; then \
     fi \
  && mkdir -p /var/lib/pyoverlay /run/docker/plugins
 COPY --from=build /opt/pyoverlay /opt/pyoverlay
+COPY --from=build /opt/wireguard-go/usr/bin/wireguard-go /usr/bin/wireguard-go
 ENV PATH=/opt/pyoverlay/bin:$PATH PYTHONUNBUFFERED=1
 ENTRYPOINT ["pyoverlay", "serve"]

@@ -16,7 +16,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_NOARP, NUD_PERMANENT
 
-from . import announce, firewall, peer_entries, port_security, vtep_filter
+from . import announce, firewall, peer_entries, port_security, sealed_filter, vtep_filter
 from .errors import DataplaneError
 from .links import (
     create_veth,
@@ -97,6 +97,7 @@ class Dataplane:
         # network-level changes (devices shared by all endpoints, namespaces) go one at a time
         self._network_lock = threading.Lock()
         self.vteps = vtep_filter.VtepFilter(None if netns is None else f"{NETNS_DIR}/{netns}")
+        self.sealed = sealed_filter.SealedFilter(None if netns is None else f"{NETNS_DIR}/{netns}")
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -134,9 +135,9 @@ class Dataplane:
         """The network's namespace, bridge and VXLAN device; adopts, fixes or recreates what exists."""
         check_vni(vni)
         try:
-            local = str(ipaddress.IPv4Address(local_ip.strip()))  # compared with what the kernel reports
+            local = str(ipaddress.ip_address(local_ip.strip()))  # compared with what the kernel reports
         except ValueError as exc:
-            raise DataplaneError(f"{vxlan_name(vni)}: create vxlan: local {local_ip!r} is not IPv4") from exc
+            raise DataplaneError(f"{vxlan_name(vni)}: create vxlan: local {local_ip!r}: {exc}") from exc
         path = self.network_netns(vni)
         with self._network_lock:
             ensure_netns(path)

@@ -147,9 +147,10 @@ def vxlan_mismatch(link: Link, vni: int, local_ip: str, port: int) -> str | None
     if link_kind(link) != "vxlan":
         return f"kind {link_kind(link)}"
     data = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+    v6 = ":" in local_ip  # an encrypted network's device sends from the host's IPv6 tunnel address
     expected = {
         "IFLA_VXLAN_ID": vni,
-        "IFLA_VXLAN_LOCAL": local_ip,
+        "IFLA_VXLAN_LOCAL6" if v6 else "IFLA_VXLAN_LOCAL": local_ip,
         "IFLA_VXLAN_PORT": port,
         "IFLA_VXLAN_LEARNING": 0,
         "IFLA_VXLAN_PROXY": 1,
@@ -193,7 +194,7 @@ def ensure_vxlan(
                 ifname=ifname,
                 kind="vxlan",
                 vxlan_id=vni,
-                vxlan_local=local_ip,
+                **({"vxlan_local6": local_ip} if ":" in local_ip else {"vxlan_local": local_ip}),
                 vxlan_port=port,
                 vxlan_learning=0,
                 vxlan_proxy=1,

@@ -6,8 +6,6 @@ network's namespace it is off. The namespace is a bind mount under a directory (
 setting says otherwise), so it outlives the agent: containers keep their traffic while it restarts.
 """
 
-import ctypes
-import errno
 import logging
 import os
 import re
@@ -20,12 +18,11 @@ from pyroute2 import netns as pyroute2_netns
 from .errors import DataplaneError
 from .links import describe
 from .names import check_vni
+from .procfs import write_sysctl
 
 log = logging.getLogger(__name__)
 
 NETNS_DIR = "/run/netns"
-# where the agent mounts a procfs of its own when /proc/sys is read-only (a managed plugin's container)
-PRIVATE_PROC = "/run/pyoverlay-proc"
 DEFAULT_SCOPE = "pyoverlay"  # a network's namespace is <scope>-<vni>
 # br_netfilter's switches, per namespace since Linux 5.3; absent when the module is not loaded
 BR_NETFILTER_SYSCTLS = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables")
@@ -120,45 +117,7 @@ def _bridge_netfilter_off() -> None:
     # /proc/sys/net resolves against the opening thread's namespace
     for name in BR_NETFILTER_SYSCTLS:
         try:
-            _write_zero(f"/proc/sys/net/bridge/{name}")
+            if not write_sysctl(f"net/bridge/{name}", "0"):
+                return  # br_netfilter stays on here; the namespace has no iptables rules to pass
         except FileNotFoundError:
             return  # br_netfilter not loaded: bridged frames meet no iptables anyway
-        except OSError as exc:
-            if exc.errno not in (errno.EROFS, errno.EACCES):
-                raise
-            proc = _private_proc()
-            if proc is None:
-                return  # br_netfilter stays on here; the namespace has no iptables rules to pass
-            _write_zero(f"{proc}/sys/net/bridge/{name}")
-
-
-def _write_zero(path: str) -> None:
-    with open(path, "r+") as sysctl:
-        if sysctl.read().strip() != "0":
-            sysctl.seek(0)
-            sysctl.write("0")
-
-
-_proc_lock = threading.Lock()
-_proc_state: list[str | None] = []  # [] untried, [path] mounted, [None] impossible
-
-
-def _private_proc() -> str | None:
-    """A procfs mounted by the agent itself, whose /sys is writable: Docker mounts a container's
-    /proc/sys read-only. None (said once) when mounting is not allowed either."""
-    with _proc_lock:
-        if not _proc_state:
-            os.makedirs(PRIVATE_PROC, exist_ok=True)
-            libc = ctypes.CDLL(None, use_errno=True)
-            mounted = (
-                os.path.ismount(PRIVATE_PROC)
-                or libc.mount(b"proc", PRIVATE_PROC.encode(), b"proc", 0, None) == 0
-            )
-            if not mounted:
-                log.warning(
-                    "/proc/sys is read-only and a private procfs can't be mounted (%s): br_netfilter stays "
-                    "on in networks' namespaces (they hold no iptables rules; a few %% of throughput)",
-                    os.strerror(ctypes.get_errno()),
-                )
-            _proc_state.append(PRIVATE_PROC if mounted else None)
-        return _proc_state[0]

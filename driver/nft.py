@@ -36,6 +36,7 @@ META_IIFNAME, META_L4PROTO = 6, 16
 LL, NETWORK, TRANSPORT = 0, 1, 2  # payload bases
 DROP, ACCEPT, JUMP = 0, 1, -3  # verdicts
 _REG_VERDICT, _REG_1 = 0, 1
+REG32_04 = 12  # the 32-bit register after the 16 bytes of _REG_1: a concatenation's second field
 _CMP_EQ, _CMP_NEQ = 0, 1
 _LOOKUP_F_INV = 1
 SET_MAP = 0x8
@@ -45,6 +46,7 @@ IFNAMSIZ = 16
 HOOK_PREROUTING, HOOK_INPUT = 0, 1
 
 INET = socket.AF_INET
+INET6 = socket.AF_INET6
 BRIDGE = socket.AF_BRIDGE
 
 _CLONE_NEWNET = 0x40000000
@@ -131,8 +133,8 @@ def meta(key: int) -> bytes:
     return _expr("meta", be32(1, _REG_1), be32(2, key))
 
 
-def payload(base: int, offset: int, length: int) -> bytes:
-    return _expr("payload", be32(1, _REG_1), be32(2, base), be32(3, offset), be32(4, length))
+def payload(base: int, offset: int, length: int, dreg: int = _REG_1) -> bytes:
+    return _expr("payload", be32(1, dreg), be32(2, base), be32(3, offset), be32(4, length))
 
 
 def cmp(value: bytes, equal: bool = True) -> bytes:

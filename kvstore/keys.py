@@ -17,8 +17,12 @@ ENDPOINTS = TOPOLOGY + "endpoints/"
 # against a complete, current list. Pool claims are rare, so serialising them costs nothing.
 POOLS_INDEX = ROOT + "pools-index"
 HOSTS = ROOT + "hosts/"
+# hosts-seen/<host_id>: {address, hostname, heartbeat}, no lease: what `pyoverlay status` says of a host
+# whose registration expired (its address, when it was last heard from) until forget_host
+HOSTS_SEEN = ROOT + "hosts-seen/"
 VNIS = ROOT + "vnis/"
 POOLS = ROOT + "pools/"
+REVISION_PROBE = ROOT + "revision-probe/"  # never written: a range over it reads just the revision
 LEFT = ROOT + "left/"  # left/<network_id>/<host_id>: network-first, so deleting a network is one range
 
 

@@ -9,6 +9,7 @@ SCHEMA_VERSION = 1
 GATEWAY_OWNER = "gateway"
 CONTAINER_KIND = "container"  # Endpoint.kind of a container's endpoint
 HOST_KIND = "host"  # Endpoint.kind of a host's own address on a network (pyoverlay expose)
+ENCRYPTED_OPTION = "encrypted"  # Network.options key, "true" when set (Docker's overlay spelling)
 REQUEST_OWNER_PREFIX = "request-"  # owns an address requested without a MAC, until adopt_address
 
 
@@ -90,6 +91,11 @@ class Network:
     created_by: str = ""  # host id
 
     @property
+    def encrypted(self) -> bool:
+        """Made with `-o encrypted`: its traffic between hosts goes inside WireGuard."""
+        return self.options.get(ENCRYPTED_OPTION) == "true"
+
+    @property
     def pool_ids(self) -> tuple[str, ...]:
         """The network's pyoverlay pools, IPv4 first; the first is its identity across hosts."""
         return tuple(p for p in (self.pool_id, self.pool6_id) if p)
@@ -143,6 +149,9 @@ class Host:
     host_id: str
     address: str  # underlay (VTEP) address
     hostname: str = ""
+    # its end of encrypted networks' tunnels: WireGuard public key (base64) and UDP port ("" / 0: none)
+    public_key: str = ""
+    tunnel_port: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"v": SCHEMA_VERSION, **asdict(self)}

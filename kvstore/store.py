@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -21,9 +22,12 @@ from .ipam import RETRY, adoption, adoption_keys
 from .keys import (
     ENDPOINTS,
     HOSTS,
+    HOSTS_SEEN,
     NETWORKS,
+    REVISION_PROBE,
     address_prefix,
     bindings_prefix,
+    blocks_prefix,
     decode,
     dump,
     endpoint_index_key,
@@ -31,8 +35,10 @@ from .keys import (
     endpoints_prefix,
     left_prefix,
     load,
+    network_hosts_prefix,
     owner_prefix,
     segment,
+    split_block_key,
 )
 from .kv import Change, Delete, Item, KeyValue, Put, Watch, same_incarnation, unchanged
 from .model import Endpoint, Event, Host, IdentityConflict, Network, NotFound
@@ -62,6 +68,10 @@ class Store(NetworkPolicy):
         self._leases: dict[str, tuple[int, int]] = {}  # host_id -> (lease id, ttl)
         self._lease_lock = threading.Lock()
 
+    def revision(self) -> int:
+        """The store's current revision: every write anywhere in the cluster advances it."""
+        return self._kv.range(REVISION_PROBE, keys_only=True)[1]
+
     # -- hosts --------------------------------------------------------------------------------------
     def register_host(self, host: Host, ttl: int = 30) -> None:
         """Record this host as alive under a lease of ``ttl`` seconds; call again to refresh. Raises
@@ -82,7 +92,11 @@ class Store(NetworkPolicy):
                     if other.address != host.address:
                         raise IdentityConflict(_cloned_message(host, other))
                 # Compare what was read: of two clones starting at the same instant only one wins.
-                return self._txn([unchanged(key, current)], [Put(key, dump(host), lease=lease[0])])
+                seen = dump({**host.to_json(), "heartbeat": time.time()})  # outlives the lease
+                return self._txn(
+                    [unchanged(key, current)],
+                    [Put(key, dump(host), lease=lease[0]), Put(HOSTS_SEEN + host.host_id, seen)],
+                )
 
             self._retry("registering the host", attempt)
 
@@ -94,6 +108,31 @@ class Store(NetworkPolicy):
         """Hosts whose registration is alive, and the revision they were read at (for watch_hosts)."""
         items, revision = self._kv.range(HOSTS)
         return [Host.from_json(load(i)) for i in items], revision
+
+    def hosts_seen(self) -> dict[str, tuple[Host, float]]:
+        """host_id -> (the host as last registered, the unix time of that heartbeat by its own clock),
+        for every host that registered since this was kept and was not forgotten, alive or not."""
+        items, _ = self._kv.range(HOSTS_SEEN)
+        return {
+            i.key[len(HOSTS_SEEN) :]: (Host.from_json(load(i)), float(load(i).get("heartbeat", 0.0)))
+            for i in items
+        }
+
+    def lease_of(self, host_id: str) -> tuple[int, int] | None:
+        """(lease id, ttl in seconds) this store granted ``host_id``'s registration, or None."""
+        with self._lease_lock:
+            return self._leases.get(host_id)
+
+    def network_hosts(self, network_id: str) -> dict[str, str]:
+        """host_id -> that host's Docker NetworkID, for every host binding the cluster network."""
+        prefix = network_hosts_prefix(segment(network_id, "network id"))
+        items, _ = self._kv.range(prefix)
+        return {i.key[len(prefix) :]: load(i)["docker_network_id"] for i in items}
+
+    def block_holders(self, pool_id: str) -> dict[str, str]:
+        """block -> id of the host holding it, for every claimed address block of the pool."""
+        items, _ = self._kv.range(blocks_prefix(pool_id))
+        return {split_block_key(i.key)[1]: load(i).get("host_id", "") for i in items}
 
     # -- endpoints ----------------------------------------------------------------------------------
     def put_endpoint(
@@ -201,9 +240,10 @@ class Store(NetworkPolicy):
     def knows_host(self, host_id: str) -> bool:
         """Whether the store holds anything of the host that forget_host removes: its registration,
         endpoints, bindings, pool holds or "left" marks. False after forget_host."""
-        [registration] = self._kv.get(HOSTS + segment(host_id, "host id"))
+        registration, seen = self._kv.get(HOSTS + segment(host_id, "host id"), HOSTS_SEEN + host_id)
         return (
             registration is not None
+            or seen is not None
             or bool(self.bindings(host_id))
             or bool(self.left_networks(host_id))
             or any(host_id in pool.holders for pool in self.list_pools())
@@ -229,7 +269,9 @@ class Store(NetworkPolicy):
                 self.release_pool(host_id, pool.pool_id)
         self.drop_host_blocks(host_id)  # reclaimed: other hosts may allocate there now
         marks = [left_prefix(network_id) + host_id for network_id in self.left_networks(host_id)]
-        self._kv.txn([], [*(Delete(key) for key in marks), Delete(HOSTS + host_id)])
+        self._kv.txn(
+            [], [*(Delete(key) for key in marks), Delete(HOSTS + host_id), Delete(HOSTS_SEEN + host_id)]
+        )
         return removed
 
     def _forget_endpoint(self, endpoint: Endpoint) -> bool:

@@ -24,3 +24,12 @@ download() {
 # `rm -r build/wheelhouse` to take newer releases.
 download --no-index --find-links "$out" >/dev/null 2>&1 || download
 echo "$(find "$out" -name '*.whl' | wc -l) wheels in $out" >&2
+
+# The userspace WireGuard the image adds to its base (for kernels without the module), fetched here like the
+# wheels so the image build needs no Debian mirror either. The base is bookworm: so must this host's apt be.
+mkdir -p "$out/debs"
+if ! compgen -G "$out/debs/wireguard-go_*.deb" >/dev/null; then
+    (cd "$out/debs" && apt-get download -q "wireguard-go:$(dpkg --print-architecture)" 2>&1 >/dev/null | grep -v unsandboxed >&2) || true
+    compgen -G "$out/debs/wireguard-go_*.deb" >/dev/null \
+        || { echo "wheelhouse.sh: could not download wireguard-go (apt-get update first?)" >&2; exit 1; }
+fi

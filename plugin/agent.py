@@ -2,36 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from driver import Dataplane, DataplaneError
+from driver.neighbour_table import tune_neighbour_table
 from driver.service_address import ensure_service_address
 from driver.underlay import default_route_address, mtu_for_address
 from kvstore import (
     Host,
     HostStore,
     IdentityConflict,
-    Network,
     Store,
     StoreError,
     StoreUnavailable,
-    open_store,
+    open_kv,
 )
 
-from .docker_sync import DockerSync
+from .docker_sync import DockerSync, managed_plugin_id
+from .encryption import HostTunnel
 from .errors import IdentityRefused
 from .event_loop import EventLoop
+from .metrics import Metrics
 from .nameservice.server import DnsServer
 from .nameservice.upstreams import Upstreams
 from .services.ipam import IpamService
 from .services.network import NetworkService
-from .settings import Settings
+from .settings import Settings, split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +67,23 @@ class Agent:
         self.host_id = load_host_id(settings.state_dir)
         self.vtep = settings.advertise_addr or default_route_address()
         self.underlay_mtu = mtu_for_address(self.vtep)
-        self.store = store or open_store(
-            list(settings.etcd_endpoints),
-            settings.state_dir,
-            ca_cert=settings.etcd_ca_cert or None,
-            cert_cert=settings.etcd_cert or None,
-            cert_key=settings.etcd_key or None,
+        self.metrics = Metrics()
+        self.store = store or Store(
+            self.metrics.timed(
+                open_kv(
+                    list(settings.etcd_endpoints),
+                    settings.state_dir,
+                    ca_cert=settings.etcd_ca_cert or None,
+                    cert_cert=settings.etcd_cert or None,
+                    cert_key=settings.etcd_key or None,
+                )
+            )
         )
         self.dataplane = dataplane or Dataplane(netns_dir=settings.netns_dir)
         # this host's address blocks, and its journal while the store is away, in STATE_DIR/offline.db
         self.host_store = HostStore(self.store, self.host_id, settings.state_dir)
+        # this host's end of encrypted networks: key pair in STATE_DIR, device made when first needed
+        self.tunnel = HostTunnel(settings.state_dir, self.host_id, settings.wireguard_port, self.underlay_mtu)
         self.network = NetworkService(
             store=self.store,
             dataplane=self.dataplane,
@@ -82,6 +93,7 @@ class Agent:
             vxlan_port=settings.vxlan_port,
             embedded=settings.embedded,
             host=self.host_store,
+            tunnel=self.tunnel,
         )
         self.ipam = IpamService(
             self.store,
@@ -98,11 +110,14 @@ class Agent:
             self.store,
             self.dataplane,
             self.host_id,
-            ensure_devices=self._ensure_devices,
+            ensure_devices=self.network.ensure_devices,
             resync_interval=settings.resync_interval,
             vxlan_port=settings.vxlan_port,
             on_claims=self.host_store.answer_claims,
+            tunnel=self.tunnel,
+            metrics=self.metrics,
         )
+        self.metrics.watch_cluster(self.store, lambda: self.loop.applied_revision)
         self.docker_sync = DockerSync(
             self.store,
             self.host_id,
@@ -126,25 +141,38 @@ class Agent:
             )
         self.loop.on_network_event = self.docker_sync.wake
         self.network.on_change = self._network_changed
+        self.network.driver_name = self._driver_name
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._host = Host(host_id=self.host_id, address=self.vtep, hostname=socket.gethostname())
+        self._host = Host(
+            host_id=self.host_id,
+            address=self.vtep,
+            hostname=socket.gethostname(),
+            public_key=self.tunnel.public_key,
+            tunnel_port=settings.wireguard_port,
+        )
         # The host id is ours once registered; until then, and while another host holds it (a cloned
         # state directory), nothing writes under it: the loops wait and requests are refused.
         self._claimed = False
         self._first_heartbeat = threading.Event()  # set once the first registration ended, either way
         self.refusal: str | None = None
+        self.last_heartbeat = 0.0  # unix time of the last registration the store took (pyoverlay status)
         # wakes the heartbeat early: a request found the store away, so probe it every AWAY_PROBE now
         self._beat = threading.Event()
         self.host_store.on_away = self._beat.set
 
-    def _ensure_devices(self, network: Network) -> None:
-        self.dataplane.ensure_network(
-            network.vni,
-            self.network.mtu_for(network),
-            self.vtep,
-            self.settings.vxlan_port,
-        )
+    def rotate_key(self) -> str:
+        """A new tunnel key pair (`pyoverlay rotate-key`): on the device at once, published with the host
+        record by a heartbeat now; peers take the new public key from their host watch."""
+        self._host = dataclasses.replace(self._host, public_key=self.tunnel.rotate())
+        self._beat.set()
+        return self._host.public_key
+
+    def _driver_name(self) -> str:
+        """Our driver name for messages: as Docker sync found it, else the one the docs install with."""
+        if self.docker_sync.driver_name:
+            return self.docker_sync.driver_name
+        return "pyoverlay:latest" if managed_plugin_id() else "pyoverlay"
 
     def _network_changed(self, network_id: str) -> None:
         self.host_store.wanted.set()  # a network bound here: copy it and get blocks in its pool
@@ -160,9 +188,13 @@ class Agent:
             self.underlay_mtu,
             "etcd " + ",".join(self.settings.etcd_endpoints) if self.settings.etcd_endpoints else "embedded",
         )
+        tune_neighbour_table(self.settings.neigh_table_size)
         self._start_threads((("heartbeat", self._heartbeat),))
         if self.dns is not None:
             self._start_threads((("dns", self._serve_dns),))
+        if self.settings.metrics_addr:
+            host, port = split_host_port(self.settings.metrics_addr)
+            self._start_threads((("metrics", lambda stop: self.metrics.serve(host, port, stop)),))
 
     def _start_threads(self, loops: tuple[tuple[str, Callable[[threading.Event], None]], ...]) -> None:
         for name, target in loops:
@@ -216,6 +248,7 @@ class Agent:
         if self.refusal is not None:
             log.warning("host id %s is free again (the other record expired): serving", self.host_id)
             self.refusal = None
+        self.last_heartbeat = time.time()
         was_away = self.host_store.away
         published = self.host_store.publish()  # the store answers: what changed here while it was away
         if not self._claimed:

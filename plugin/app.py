@@ -18,8 +18,10 @@ from kvstore import Compacted, Conflict, Exhausted, NotFound, StoreError, StoreU
 
 from . import failpoints
 from . import messages as m
+from .agent_client import STATUS_PATH
 from .errors import BadRequest, ConflictError, KernelError, PluginError, StoreDown, UnknownObject
 from .journal import RequestJournal
+from .metrics import Metrics
 from .services.ipam import IpamService
 from .services.network import NetworkService
 from .timings import RequestTimings
@@ -91,6 +93,7 @@ def _http_error(exc: HTTPException) -> PluginError:
 def _answer_error(exc: Exception) -> Response:
     error = _http_error(exc) if isinstance(exc, HTTPException) else _as_plugin_error(exc)
     path = request.path
+    g.outcome = type(error).__name__  # the request's outcome in plugin/metrics.py
     message = str(error) or type(error).__name__
     if len(message) > MAX_ERROR_CHARS:  # a message quoting a huge field: Docker shows it to the user
         message = f"{message[:MAX_ERROR_CHARS]}… ({len(message)} characters)"
@@ -114,6 +117,7 @@ IDENTITY_FREE = {
     "/IpamDriver.GetCapabilities",
     "/IpamDriver.GetDefaultAddressSpaces",
     TIMINGS_PATH,
+    STATUS_PATH,  # says why requests are refused, among the rest
 }
 
 
@@ -123,14 +127,22 @@ def create_app(
     timings: RequestTimings | None = None,
     check_identity: Callable[[], None] | None = None,
     journal: RequestJournal | None = None,
+    private: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
+    metrics: Metrics | None = None,
+    status: Callable[[], dict[str, Any]] | None = None,
 ) -> Flask:
     """The Flask app for one agent; no global state. With a ``journal``, a request Docker resends empty
     after an agent crash is answered from the body the crashed agent kept (see plugin/journal.py).
-    ``check_identity`` raises to refuse a request (Agent.check_identity: a cloned host id)."""
+    ``check_identity`` raises to refuse a request (Agent.check_identity: a cloned host id). ``status``
+    answers GET STATUS_PATH (plugin/status.py's agent_status). ``private``: the agent's own calls
+    (``/pyoverlay.*``, from the CLI), answered like Docker's but never journalled."""
     app = Flask("pyoverlay")
     # "//Plugin.Activate" would get a redirect, which is no answer to Docker
     app.url_map.merge_slashes = False
     app.register_error_handler(Exception, _answer_error)
+    if metrics is not None:  # first: a request refused by the identity check below is timed too
+        metrics.instrument(app)
+    _log_requests(app)  # before the identity check too: a refused request gets its line
     if check_identity is not None:
 
         @app.before_request
@@ -172,6 +184,24 @@ def create_app(
         provide_automatic_options=False,
     )
 
+    for path, call in (private or {}).items():
+
+        def private_view(call: Callable[[dict[str, Any]], dict[str, Any]] = call) -> Response:
+            return _answer(call(_body()))
+
+        app.add_url_rule(
+            path, endpoint=path, view_func=private_view, methods=["POST"], provide_automatic_options=False
+        )
+
+    if status is not None:
+        app.add_url_rule(
+            STATUS_PATH,
+            endpoint=STATUS_PATH,
+            view_func=lambda: _answer(status()),
+            methods=["GET", "POST"],
+            provide_automatic_options=False,
+        )
+
     route("/Plugin.Activate", lambda b: {"Implements": ["NetworkDriver", "IpamDriver"]})
 
     # NetworkDriver
@@ -208,6 +238,25 @@ def create_app(
     )
     route("/IpamDriver.ReleaseAddress", lambda b: ipam.release_address(m.ReleaseAddressRequest.parse(b)))
     return app
+
+
+def _log_requests(app: Flask) -> None:
+    """One debug line per request with its outcome and latency (after the error path named it); with
+    LOG_FORMAT=json they are fields of their own: request, outcome, latency_ms."""
+
+    @app.before_request
+    def start_clock() -> None:
+        g.log_started = time.perf_counter()
+
+    @app.after_request
+    def log_request(response: Response) -> Response:
+        if log.isEnabledFor(logging.DEBUG) and "log_started" in g:
+            ms = (time.perf_counter() - g.log_started) * 1000
+            outcome = g.get("outcome", "ok")
+            fields = {"request": request.path.lstrip("/"), "outcome": outcome, "status": response.status_code}
+            log.debug("%s %s (%d) in %.1f ms", request.path, outcome, response.status_code, ms,
+                      extra={**fields, "latency_ms": round(ms, 3)})  # fmt: skip
+        return response
 
 
 def _leave(_request: m.EndpointRequest) -> dict[str, Any]:

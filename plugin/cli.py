@@ -1,36 +1,22 @@
-"""The ``pyoverlay`` command: ``serve`` runs the agent and ``stop`` stops it; ``hosts`` and
-``forget-host`` are for operators; ``expose`` and ``hide`` give this host an address on a network;
-``daemon-config`` prints the daemon setting names need."""
+"""The ``pyoverlay`` command: ``serve`` runs the agent and ``stop`` stops it; ``hosts``,
+``status``, ``ps`` and ``forget-host`` are for operators; ``expose`` and ``hide`` give this host an
+address on a network; ``daemon-config`` prints the daemon setting names need."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from collections import Counter
-from importlib import metadata
-from pathlib import Path
 
-from . import cli_expose, pidfile
+from . import cli_expose, cli_status, logs, pidfile
 from . import settings as settings_mod
 from .nameservice.upstreams import RESOLV_CONF, fallback_servers
+from .version import version
 
 STOP_TIMEOUT = 15.0  # seconds; gunicorn gives its worker 5 s to finish, then kills it
-
-
-def version() -> str:
-    """The installed package's version, else the source checkout's pyproject.toml's."""
-    try:
-        return metadata.version("pyoverlay")
-    except metadata.PackageNotFoundError:
-        import tomllib
-
-        try:
-            with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
-                return tomllib.load(f)["project"]["version"]
-        except (OSError, KeyError, tomllib.TOMLDecodeError):
-            return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,18 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
         "daemon-config", help="print the daemon.json setting this host's dockerd needs (names across hosts)"
     )
     settings_mod.add_arguments(daemon, ["dns_address", "dns_upstreams"])
+    rotate = sub.add_parser(
+        "rotate-key", help="give this host a new WireGuard key pair (encrypted networks); peers follow"
+    )
+    settings_mod.add_arguments(rotate, ["socket", "state_dir"])
     cli_expose.add_parsers(sub)
+    cli_status.add_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_mod.load(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format)
     logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug output is every netlink message
     if args.command == "serve":
         from .server import serve as run
@@ -70,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "stop":
         return _stop(settings.state_dir)
+    if args.command == "rotate-key":
+        return _rotate_key(args, settings)
     if args.command == "daemon-config":
         print(json.dumps(daemon_config(settings), indent=2))
         return 0
@@ -85,6 +74,28 @@ def daemon_config(settings: settings_mod.Settings, resolv_conf: str = RESOLV_CON
         return {}
     fallbacks = fallback_servers(settings.dns_upstreams, settings.dns_address, resolv_conf)
     return {"dns": [settings.dns_address, *fallbacks]}
+
+
+def _rotate_key(args: argparse.Namespace, settings: settings_mod.Settings) -> int:
+    """Ask this host's agent (found as `pyoverlay status` finds it, a managed plugin's too) for a new key."""
+    from . import status
+    from .agent_client import ROTATE_KEY_PATH, AgentUnreachable, call
+
+    configured = getattr(args, "socket", None) or os.environ.get("SOCKET")
+    local = status.local_status(
+        status.agent_sockets(configured, settings.socket), status.read_host_id(settings.state_dir)
+    )
+    if "error" in local:
+        print(f"pyoverlay: {local['error']}", file=sys.stderr)
+        return 1
+    try:
+        answer = call(local["socket"], ROTATE_KEY_PATH)
+    except (AgentUnreachable, RuntimeError) as exc:
+        print(f"pyoverlay: {exc}", file=sys.stderr)
+        return 1
+    key = answer["PublicKey"]
+    print(f"this host's tunnel key is new; its public key, published to the other hosts: {key}")
+    return 0
 
 
 def _stop(state_dir: str) -> int:
@@ -124,6 +135,8 @@ def _operate(args: argparse.Namespace, settings: settings_mod.Settings) -> int:
     try:
         if args.command in cli_expose.COMMANDS:
             return cli_expose.run(args, settings, store)
+        if args.command in cli_status.COMMANDS:
+            return cli_status.run(args, settings, store)
         if args.command == "hosts":
             alive = {h.host_id: h for h in store.list_hosts()}
             endpoints = Counter(e.host_id for e in store.list_endpoints())

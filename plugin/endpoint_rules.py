@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from driver.peers import Peer
 from kvstore import HOST_KIND, Endpoint
 
 
-def remote_peers(host_id: str, endpoints: dict[str, Endpoint]) -> list[Peer]:
-    """Endpoints on other hosts, as the dataplane programs them."""
+def remote_peers(
+    host_id: str, endpoints: dict[str, Endpoint], tunnel_of: Callable[[str], str] | None = None
+) -> list[Peer]:
+    """Endpoints on other hosts, as the dataplane programs them: reached at their host's VTEP, or with
+    tunnel_of (an encrypted network) at the tunnel address of their host."""
     return [
-        Peer(mac=e.mac, ip=e.ip, vtep=e.vtep, ip6=e.ip6) for e in endpoints.values() if e.host_id != host_id
+        Peer(mac=e.mac, ip=e.ip, vtep=tunnel_of(e.host_id) if tunnel_of else e.vtep, ip6=e.ip6)
+        for e in endpoints.values()
+        if e.host_id != host_id
     ]
 
 

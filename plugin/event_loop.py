@@ -14,16 +14,18 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from driver import Dataplane, DataplaneError
-from driver.peers import desired_state, diff
+from driver import Dataplane
 from kvstore import Endpoint, Event, Host, Network, NotFound, Store, StoreError
 
-from .endpoint_rules import _announces, _programs_kernel, own_host_address, remote_peers
-from .guards import VtepGuard, allowed_vteps, own_ports
+from .encryption import HostTunnel
+from .endpoint_rules import _announces, _programs_kernel
+from .event_kernel import KernelSide
+from .guards import VtepGuard
+from .metrics import Metrics
 from .nameservice.index import NameIndex
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 NETWORKS, BINDINGS, HOSTS, CLAIMS = "networks", "bindings", "hosts", "claims"
 ENDPOINTS = "endpoints/"  # + network id
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
+TUNNEL_CHECK = 5.0  # seconds between looks at the encrypted networks' tunnel (a wireguard-go that died)
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class View:
     endpoints: dict[str, Endpoint] = field(default_factory=dict)  # endpoint_id -> this host's endpoints
 
 
-class EventLoop:
+class EventLoop(KernelSide):
     def __init__(
         self,
         store: Store,
@@ -54,6 +57,8 @@ class EventLoop:
         resync_interval: float = 30.0,
         vxlan_port: int = 4789,
         on_claims: Callable[[list[tuple[str, dict, int]]], None] = lambda claims: None,
+        tunnel: HostTunnel | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.dataplane = dataplane
@@ -62,7 +67,8 @@ class EventLoop:
         self.on_network_event = on_network_event  # the Docker side follows networks made or removed elsewhere
         self.resync_interval = resync_interval
         self.on_claims = on_claims  # other hosts asking for addresses of this host's blocks
-        self.hosts: dict[str, str] = {}  # host_id -> VTEP address, every registered host
+        self.hosts: dict[str, Host] = {}  # host_id -> its record, every registered host
+        self.tunnel = tunnel  # this host's end of encrypted networks (plugin/encryption.py)
         self.vtep_guard = VtepGuard(dataplane, vxlan_port)
         self.networks: dict[str, Network] = {}
         self.bindings: dict[str, str] = {}  # docker_network_id -> network_id
@@ -75,6 +81,17 @@ class EventLoop:
         self._view_lock = threading.Lock()
         self.names = NameIndex()  # the name service's view of the networks bound here
         self._host_addresses: dict[str, tuple[str, str] | None] = {}  # network_id -> as last ensured
+        self.metrics = metrics or Metrics()
+        self._applied_revision = 0
+
+    @property
+    def applied_revision(self) -> int:
+        """The highest store revision the loop listed a scope at or applied a change of (the store's
+        revision minus this is the loop's lag; see pyoverlay_event_loop_lag_revisions)."""
+        return self._applied_revision
+
+    def _applied(self, revision: int) -> None:
+        self._applied_revision = max(self._applied_revision, revision)
 
     # -- inputs, from any thread --------------------------------------------------------------------
     def kick(self, network_id: str = "") -> None:
@@ -99,6 +116,7 @@ class EventLoop:
     def run(self, stop: threading.Event) -> None:
         self.relist()
         next_resync = time.monotonic() + self.resync_interval
+        next_tunnel_check = time.monotonic() + TUNNEL_CHECK
         while not stop.is_set():
             now = time.monotonic()
             wake = min(next_resync, self._retry_at if self._broken else next_resync)
@@ -114,6 +132,9 @@ class EventLoop:
                 if time.monotonic() >= next_resync:
                     self.handle("resync", None, None)
                     next_resync = time.monotonic() + self.resync_interval
+                if self.tunnel is not None and time.monotonic() >= next_tunnel_check:
+                    next_tunnel_check = time.monotonic() + TUNNEL_CHECK
+                    self.tunnel.supervise()
             except Exception:  # one bad item never stops the loop
                 log.exception("event loop: %s failed", item[0] if item else "repair")
         self.close()
@@ -131,7 +152,7 @@ class EventLoop:
         while self._broken:
             scope = min(self._broken, key=lambda s: (s != NETWORKS, s != BINDINGS, s))
             try:
-                self._list(scope)
+                revision = self._list(scope)
             except StoreError as exc:
                 log.warning(
                     "store unavailable (%s); listing %s again in %.1fs", exc, scope, self._retry_delay
@@ -140,7 +161,9 @@ class EventLoop:
                 self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
                 return
             self._broken.discard(scope)
+            self._applied(revision)
         self._retry_delay = RETRY_MIN
+        self.follow_tunnel()  # the view is whole again
 
     def handle(self, kind: str, scope: Any, payload: Any) -> None:
         if kind == "kick":
@@ -153,6 +176,7 @@ class EventLoop:
             self.collect_devices()
             self.collect_retired_veths()
             self.guard_vteps(force=True)
+            self.follow_tunnel(force=True)
         elif kind == "back":
             self._retry_at, self._retry_delay = 0.0, RETRY_MIN
         elif kind == "watch":
@@ -162,11 +186,13 @@ class EventLoop:
                 return  # from a watch cancelled since
             if isinstance(batch, Exception):
                 log.info("watch of %s ended (%s); listing it again", scope, batch)
+                self.metrics.watch_restarted(scope)
                 self._watches.pop(scope, None)
                 self._broken.add(scope)
                 self._retry_at = 0.0
             else:
                 self._apply(scope, batch)
+                self._applied(max((event.revision for event in batch), default=0))
         if self._broken and time.monotonic() >= self._retry_at:
             self.repair()
 
@@ -175,7 +201,9 @@ class EventLoop:
             self._stop_watch(scope)
 
     # -- scopes -------------------------------------------------------------------------------------
-    def _list(self, scope: str) -> None:
+    def _list(self, scope: str) -> int:
+        """List ``scope``, start its watch and act on what it holds; the revision it was read at."""
+        revision = 0  # an endpoint scope of a network no longer bound is not read
         if scope == NETWORKS:
             networks, revision = self.store.networks_at()
             with self._view_lock:
@@ -196,9 +224,10 @@ class EventLoop:
             self._follow_bindings()
         elif scope == HOSTS:
             hosts, revision = self.store.hosts_at()
-            self.hosts = {h.host_id: h.address for h in hosts}
+            self.hosts = {h.host_id: h for h in hosts}
             self._watch(scope, lambda sink: self.store.watch_hosts(revision + 1, sink))
             self.guard_vteps()
+            self.follow_tunnel()
         elif scope == CLAIMS:
             claims, revision = self.store.claims_at()
             self._watch(scope, lambda sink: self.store.watch_claims(revision + 1, sink))
@@ -212,6 +241,7 @@ class EventLoop:
             self._watch(scope, lambda sink: self.store.watch_endpoints(network_id, revision + 1, sink))
             self.sync(network_id, ensure=True)
             self.guard_vteps()
+        return revision
 
     def _watch(self, scope: str, start: Callable[[Callable[[Any], None]], Any]) -> None:
         self._stop_watch(scope)
@@ -248,8 +278,10 @@ class EventLoop:
             self.endpoints.pop(network_id, None)
         self.names.drop(network_id)
         self._host_addresses.pop(network_id, None)  # goes with the bridge
+        self.metrics.network_left(network_id)
         self.collect_devices()
         self.guard_vteps()
+        self.follow_tunnel()  # the last encrypted network here takes the tunnel device with it
 
     def _apply(self, scope: str, events: list[Event]) -> None:
         if scope == CLAIMS:
@@ -258,10 +290,11 @@ class EventLoop:
         if scope == HOSTS:
             for event in events:
                 if isinstance(event.record, Host):
-                    self.hosts[event.key_id] = event.record.address
+                    self.hosts[event.key_id] = event.record
                 else:
                     self.hosts.pop(event.key_id, None)
             self.guard_vteps()
+            self.follow_tunnel()  # a member's key or address changed, or it was forgotten
             return
         announce: dict[str, Endpoint] = {}  # remote endpoints that appeared or changed IP or MAC
         programmed = False  # whether an event touches what sync programs (remote peers, an exposure)
@@ -313,84 +346,3 @@ class EventLoop:
             return
         network = self.networks.get(network_id)
         self.names.update(network_id, network.name if network else "", list(endpoints.values()))
-
-    # -- the kernel ---------------------------------------------------------------------------------
-    def _announce(self, network_id: str, endpoints: Iterable[Endpoint]) -> None:
-        """Announce remote endpoints on this host's bridge (after sync programmed them): the VXLAN
-        device answers ARP itself, so the announcement of the endpoint's own host never gets here."""
-        network = self.networks.get(network_id)
-        if network is None:
-            return
-        for endpoint in endpoints:
-            for ip in (endpoint.ip, endpoint.ip6):
-                if ip is None:
-                    continue
-                try:
-                    self.dataplane.announce(network.vni, ip, endpoint.mac)
-                except DataplaneError as exc:
-                    log.warning("network %s: %s", network.name or network_id[:12], exc)
-
-    def collect_devices(self) -> None:
-        """Remove the devices of networks no longer bound here (removed on another host, or while the agent
-        was down). Devices are listed before bindings are read from the store: a network being created
-        has its binding written before its devices, so it is never taken for garbage."""
-        try:
-            present = self.dataplane.network_vnis()
-            wanted = set()
-            for network_id in self.store.bindings(self.host_id).values():
-                network = self.networks.get(network_id)
-                if network is None:
-                    try:
-                        network = self.store.get_network(network_id)
-                    except NotFound:
-                        continue
-                wanted.add(network.vni)
-        except (StoreError, DataplaneError) as exc:
-            log.warning("cannot collect devices: %s", exc)
-            return
-        for vni in present - wanted:
-            log.info("removing devices of VNI %d: no network bound here uses it", vni)
-            try:
-                self.dataplane.delete_network(vni)
-            except DataplaneError as exc:
-                log.warning("VNI %d: %s", vni, exc)
-
-    def collect_retired_veths(self) -> None:
-        """Delete the veth pairs DeleteEndpoint retired whose deferred deletion never ran (the agent
-        stopped first); their names alone say they are garbage."""
-        try:
-            retired = self.dataplane.delete_retired_veths()
-        except DataplaneError as exc:
-            log.warning("cannot collect retired veths: %s", exc)
-            return
-        if retired:
-            log.info("deleted %d retired veths left by an earlier run: %s", len(retired), " ".join(retired))
-
-    def guard_vteps(self, force: bool = False) -> None:
-        """Accept VXLAN only from the hosts plugin.guards.allowed_vteps names."""
-        self.vtep_guard.update(allowed_vteps(self.host_id, self.hosts, self.endpoints), force)
-
-    def sync(self, network_id: str, ensure: bool = False) -> None:
-        """Program the network's remote peers and this host's own address on it (pyoverlay expose); a
-        failure is logged, and the next event for the network or the next resync tries again."""
-        network = self.networks.get(network_id)
-        endpoints = self.endpoints.get(network_id)
-        if network is None or endpoints is None:
-            return
-        try:
-            if ensure:
-                self.ensure_devices(network)
-                # port security where missing (a network made before it), gone with ports that went
-                for error in self.dataplane.secure_endpoints(network.vni, own_ports(self.host_id, endpoints)):
-                    log.warning("network %s: %s", network.name or network_id[:12], error)
-            peers = remote_peers(self.host_id, endpoints)
-            desired = desired_state(peers, {p.vtep for p in peers})
-            changes = diff(desired, self.dataplane.read_peers(network.vni))
-            for error in self.dataplane.apply_peers(network.vni, changes):
-                log.warning("network %s: %s", network.name or network_id[:12], error)
-            host_address = own_host_address(self.host_id, endpoints)
-            if ensure or self._host_addresses.get(network_id) != host_address:
-                self.dataplane.ensure_host_address(network.vni, *(host_address or (None, None)))
-                self._host_addresses[network_id] = host_address
-        except DataplaneError as exc:
-            log.warning("network %s: %s", network.name or network_id[:12], exc)

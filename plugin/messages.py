@@ -18,7 +18,7 @@ GATEWAY_TYPE = "com.docker.network.gateway"
 ENCRYPTED_OPTION = "encrypted"  # Docker's overlay takes `-o encrypted`: users will try it here
 IPV4_OPTION = "com.docker.network.enable_ipv4"
 IPV6_OPTION = "com.docker.network.enable_ipv6"
-KNOWN_OPTIONS = (MTU_OPTION,)
+KNOWN_OPTIONS = (MTU_OPTION, ENCRYPTED_OPTION)
 # libnetwork's own keys: Docker >= 27 acts on `-o` of these itself and leaves them in the generic map
 DOCKER_OPTIONS = (IPV4_OPTION, IPV6_OPTION)
 # RFC 1122 3.3.2: every IPv4 host accepts 576-byte datagrams; below that (68 is the hard floor) every
@@ -97,14 +97,15 @@ def _docker_bool(generic: dict[str, str], key: str) -> bool | None:
 def _check_driver_options(generic: dict[str, str]) -> int | None:
     """Refuse what pyoverlay cannot honour rather than ignore it; return the MTU option, if given."""
     if ENCRYPTED_OPTION in generic:
-        raise BadRequest(
-            "pyoverlay does not encrypt yet: traffic between hosts would cross the underlay in clear. "
-            f"Create the network without -o {ENCRYPTED_OPTION}, and only if you trust the underlay network"
-        )
+        # `-o encrypted` alone, as Docker's overlay takes it, or a boolean; kept as "true" or not at all
+        if generic[ENCRYPTED_OPTION] == "" or _docker_bool(generic, ENCRYPTED_OPTION):
+            generic[ENCRYPTED_OPTION] = "true"
+        else:
+            del generic[ENCRYPTED_OPTION]
     unknown = sorted(set(generic) - set(KNOWN_OPTIONS) - set(DOCKER_OPTIONS))
     if unknown:
         options = ", ".join(f"-o {_clip(key)}" for key in unknown)
-        known = ", ".join(f"-o {key}=N" for key in KNOWN_OPTIONS)
+        known = f"-o {MTU_OPTION}=N, -o {ENCRYPTED_OPTION}"
         raise BadRequest(
             f"pyoverlay does not know the driver option{'s' if len(unknown) > 1 else ''} {options}; "
             f"the driver options it knows: {known}"

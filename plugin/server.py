@@ -8,7 +8,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from . import failpoints, native_memory, pidfile
+from . import failpoints, logs, native_memory, pidfile
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class AgentServer(BaseApplication):
             # gunicorn ≥ 24's control socket lives at one path per user: several agents would collide
             "control_socket_disable": True,
             "worker_exit": self._worker_exit,
+            "logconfig_dict": logs.gunicorn_config(self.settings.log_level, self.settings.log_format),
         }
         for key, value in config.items():
             if value is not None:
@@ -45,14 +46,22 @@ class AgentServer(BaseApplication):
     def load(self):
         # Built in the worker, after the fork: netlink sockets and gRPC channels never cross a fork.
         from .agent import Agent
+        from .agent_client import ROTATE_KEY_PATH
         from .app import create_app
         from .journal import RequestJournal
+        from .status import agent_status
 
         logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug output is every netlink message
         self.agent = Agent(self.settings)
         journal = RequestJournal(os.path.join(self.settings.state_dir, "inflight"))
         return create_app(
-            self.agent.network, self.agent.ipam, journal=journal, check_identity=self.agent.check_identity
+            self.agent.network,
+            self.agent.ipam,
+            journal=journal,
+            check_identity=self.agent.check_identity,
+            private={ROTATE_KEY_PATH: lambda body: {"PublicKey": self.agent.rotate_key()}},
+            metrics=self.agent.metrics,
+            status=lambda: agent_status(self.agent),
         )
 
     def _post_worker_init(self, worker: Any) -> None:

@@ -17,6 +17,7 @@ class Settings:
     state_dir: str = "/var/lib/pyoverlay"
     advertise_addr: str = ""  # empty: the address of the interface holding the default route
     log_level: str = "info"
+    log_format: str = "text"  # "json": one object per line, for log shippers
     default_pool: str = "10.200.0.0/13"
     default_pool_size: int = 24
     # a ULA (RFC 4193) /48 with the fixed global ID 70:796f:76 ("pyov"): change it if your site uses it
@@ -26,6 +27,7 @@ class Settings:
     block_size: int = 28
     block_size6: int = 122
     vxlan_port: int = 4789
+    wireguard_port: int = 51820  # UDP port of the tunnel device of encrypted networks
     etcd_ca_cert: str = ""
     etcd_cert: str = ""
     etcd_key: str = ""
@@ -36,6 +38,9 @@ class Settings:
     dns_address: str = "169.254.53.53"  # where the name service listens (daemon.json "dns"); "" turns it off
     dns_upstreams: tuple[str, ...] = ()  # where other names go; empty: the host's /etc/resolv.conf
     netns_dir: str = "/run/netns"  # where each network's namespace is mounted (pyoverlay-<vni>)
+    # the host's neighbour table limit (ARP/NDP entries of all its containers), raised to this at start
+    neigh_table_size: int = 16384
+    metrics_addr: str = ""  # HOST:PORT of the Prometheus /metrics endpoint; empty: not served
 
     @property
     def embedded(self) -> bool:
@@ -48,6 +53,7 @@ _HELP = {
     "state_dir": "where the host id, the embedded store and the agent's PID file live",
     "advertise_addr": "underlay IPv4 address for VXLAN (default: the default-route interface's)",
     "log_level": "debug, info, warning or error",
+    "log_format": "text, or json (one object per line, for log shippers)",
     "default_pool": "range that subnets are carved from when a network names none",
     "default_pool_size": "prefix length of carved subnets",
     "default_pool6": "IPv6 range that IPv6 subnets are carved from when a network names none",
@@ -55,6 +61,8 @@ _HELP = {
     "block_size": "prefix length of the IPv4 address blocks a host claims in a new pool (0: no blocks)",
     "block_size6": "prefix length of the IPv6 address blocks a host claims in a new pool (0: no blocks)",
     "vxlan_port": "UDP port of the VXLAN devices",
+    "wireguard_port": "UDP port of the WireGuard device that carries encrypted networks",
+    "neigh_table_size": "raise the host's ARP/NDP table limit (gc_thresh3) to this many entries; 0: leave it",
     "etcd_ca_cert": "CA certificate file for etcd TLS",
     "etcd_cert": "client certificate file for etcd TLS",
     "etcd_key": "client key file for etcd TLS",
@@ -65,6 +73,7 @@ _HELP = {
     "dns_address": "IPv4 address of the name service containers reach (empty: no name service)",
     "dns_upstreams": "comma-separated resolvers (ADDRESS[:PORT]) for other names (default: /etc/resolv.conf)",
     "netns_dir": "directory where each network's namespace is mounted, as pyoverlay-<VNI>",
+    "metrics_addr": "HOST:PORT to serve Prometheus metrics on, e.g. 127.0.0.1:9464 (default: not served)",
 }
 
 
@@ -74,6 +83,7 @@ def _env_name(name: str) -> str:
 
 # What the operator commands (hosts, forget-host) use: the store, and how much to log.
 STORE_SETTINGS = ("etcd_endpoints", "etcd_ca_cert", "etcd_cert", "etcd_key", "state_dir", "log_level")
+# LOG_FORMAT is read from the environment by every command (load() reads every setting), a flag on serve
 
 
 def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:
@@ -107,6 +117,8 @@ def _validate(raw: dict[str, str]) -> Settings:
         value = value.strip()
         if key == "etcd_endpoints":
             values[key] = tuple(_endpoint(e) for e in value.split(",") if e.strip())
+        elif key == "log_format":
+            values[key] = value.lower()
         elif key == "dns_upstreams":
             values[key] = tuple(_upstream(e) for e in value.split(",") if e.strip())
         elif key in (
@@ -118,6 +130,8 @@ def _validate(raw: dict[str, str]) -> Settings:
             "workers_threads",
             "host_ttl",
             "resync_interval",
+            "neigh_table_size",
+            "wireguard_port",
         ):
             try:
                 values[key] = int(value)
@@ -148,18 +162,26 @@ def _validate(raw: dict[str, str]) -> Settings:
         _address("advertise_addr", settings.advertise_addr)
     if settings.dns_address:
         _address("dns_address", settings.dns_address)
+    if settings.metrics_addr:
+        split_host_port(settings.metrics_addr)
     if not os.path.isabs(settings.netns_dir):
         raise SystemExit(f"pyoverlay: NETNS_DIR must be an absolute path, got {settings.netns_dir!r}")
     if not 1 <= settings.vxlan_port <= 65535:
         raise SystemExit("pyoverlay: VXLAN_PORT must be between 1 and 65535")
+    if not 1 <= settings.wireguard_port <= 65535 or settings.wireguard_port == settings.vxlan_port:
+        raise SystemExit("pyoverlay: WIREGUARD_PORT must be between 1 and 65535, and not VXLAN_PORT")
     if bool(settings.etcd_cert) != bool(settings.etcd_key):
         raise SystemExit("pyoverlay: ETCD_CERT and ETCD_KEY go together (a client certificate and its key)")
     if settings.host_ttl < 3:
         raise SystemExit("pyoverlay: HOST_TTL must be at least 3 seconds")
     if not 1 <= settings.resync_interval <= 3600:
         raise SystemExit("pyoverlay: RESYNC_INTERVAL must be between 1 and 3600 seconds")
+    if settings.neigh_table_size and not 1024 <= settings.neigh_table_size <= 1 << 24:
+        raise SystemExit("pyoverlay: NEIGH_TABLE_SIZE must be 0 (leave the host's) or 1024 to 16777216")
     if not 1 <= settings.workers_threads <= 256:
         raise SystemExit("pyoverlay: WORKERS_THREADS must be between 1 and 256")
+    if settings.log_format not in ("text", "json"):
+        raise SystemExit(f"pyoverlay: LOG_FORMAT must be text or json, got {settings.log_format!r}")
     if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise SystemExit(
             f"pyoverlay: LOG_LEVEL must be debug, info, warning or error, got {settings.log_level!r}"
@@ -172,6 +194,25 @@ def _address(key: str, value: str) -> str:
         return str(ipaddress.IPv4Address(value.strip()))
     except ValueError:
         raise SystemExit(f"pyoverlay: {key.upper()} {value.strip()!r} is not an IPv4 address") from None
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """METRICS_ADDR as (host, port): HOST:PORT with an IP address, [IPv6]:PORT, or :PORT for every
+    address; SystemExit saying what is wrong otherwise."""
+    host, colon, port = value.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        if not colon or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError
+        if host:
+            ipaddress.ip_address(host)  # a name would resolve to one address of many: say which
+    except ValueError:
+        raise SystemExit(
+            f"pyoverlay: METRICS_ADDR {value.strip()!r} is not HOST:PORT (an IP address and a port, "
+            "[IPv6]:PORT, or :PORT for every address)"
+        ) from None
+    return host or "0.0.0.0", int(port)
 
 
 def _upstream(value: str) -> str:

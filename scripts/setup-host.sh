@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Make this Debian/Ubuntu host ready for pyoverlay: packages, the Python venv, kernel modules, dockerd.
 # Usage: scripts/setup-host.sh [--test]   (--test adds what the test suite needs: etcd, iperf3, registry,
-#        and Docker 28 unpacked under /var/cache/pyoverlay/engines by scripts/fetch-engine.sh)
+#        prometheus, graphviz (dot, for `status --graph`), tcpdump, and Docker 26 and 28 unpacked under
+#        /var/cache/pyoverlay/engines by scripts/fetch-engine.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "setup-host.sh: run as root (sudo)" >&2; exit 1; }
 
-packages=(docker.io iptables busybox-static curl python3 python3-venv)
-[ "${1:-}" = "--test" ] && packages+=(etcd-server etcd-client iperf3 docker-registry debootstrap make debian-archive-keyring)
+packages=(docker.io iptables busybox-static curl python3 python3-venv wireguard-go)
+[ "${1:-}" = "--test" ] && packages+=(etcd-server etcd-client iperf3 tcpdump docker-registry debootstrap make debian-archive-keyring prometheus graphviz)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,11 +23,19 @@ fi
 if [ "${1:-}" = "--test" ] && command -v systemctl >/dev/null && systemctl is-active -q etcd 2>/dev/null; then
   systemctl stop etcd || true
 fi
+# likewise prometheus: the metrics lab test runs its own, in the lab's underlay namespace
+if [ "${1:-}" = "--test" ] && command -v systemctl >/dev/null && systemctl is-active -q prometheus 2>/dev/null; then
+  systemctl stop prometheus || true
+fi
 
-# Lab tests also run on a current Docker, unpacked beside the system's (fetched once, then cached).
-# A failed fetch (offline) is not fatal here: its tests then skip, or fail on CI, saying why.
+# Lab tests also run on Docker 26 and 28 (scripts/test.sh's matrix), unpacked beside the system's
+# (fetched once, then cached). A failed fetch (offline) is not fatal here: its tests then skip, or fail
+# on CI, saying why.
 if [ "${1:-}" = "--test" ]; then
-  scripts/fetch-engine.sh 28 >/dev/null || echo "setup-host.sh: could not fetch Docker 28; its lab tests will skip" >&2
+  for v in 26 28; do
+    scripts/fetch-engine.sh "$v" >/dev/null ||
+      echo "setup-host.sh: could not fetch Docker $v; its lab tests will skip" >&2
+  done
 fi
 
 modprobe -q vxlan 2>/dev/null || true

@@ -27,6 +27,7 @@ class MemoryDataplane:
         self.fail_vnis: set[int] = set()  # ensure_network on these raises, as a kernel error would
         self._lock = threading.Lock()
         self.vteps = MemoryVteps()
+        self.sealed = MemorySealed()
 
     def ensure_network(self, vni: int, mtu: int, local_ip: str, port: int = 4789) -> None:
         check_vni(vni)
@@ -176,3 +177,17 @@ class MemoryVteps:
 
     def allowed(self) -> set[str] | None:
         return None if self.addresses is None else set(self.addresses)
+
+
+class MemorySealed:
+    """driver.sealed_filter.SealedFilter, recorded: the (tunnel address, VNI) members (None: no filter)."""
+
+    def __init__(self) -> None:
+        self.members: set[tuple[str, int]] | None = None
+
+    def allow(self, members: set[tuple[str, int]], port: int, device: str) -> None:
+        self.members = set(members)
+
+    def remove(self) -> bool:
+        had, self.members = self.members is not None, None
+        return had

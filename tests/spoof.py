@@ -16,6 +16,7 @@ import argparse
 import ipaddress
 import socket
 import struct
+import sys
 import time
 
 ETH_P_ALL = 0x0003
@@ -69,6 +70,7 @@ def count(iface: str, needle: bytes, seconds: float) -> int:
     seen = 0
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as sock:
         sock.bind((iface, 0))
+        print("listening", file=sys.stderr, flush=True)
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             sock.settimeout(left)

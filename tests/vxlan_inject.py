@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import socket
 import struct
+import sys
 import time
 
 INNER_PORT = 7777
@@ -46,7 +47,8 @@ def vxlan_packet(vni: int, frame: bytes) -> bytes:
 def send(source: str, to: str, vni: int, mac: str, ip: str, count: int, port: int = VXLAN_PORT,
          inner_port: int = INNER_PORT, inner_source: str = "10.255.255.1") -> None:  # fmt: skip
     packet = vxlan_packet(vni, inner_frame(mac, ip, inner_source, inner_port, b"injected"))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    # over IPv6 as an encrypted network's devices send it (from tunnel addresses)
+    with socket.socket(socket.AF_INET6 if ":" in to else socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((source, 0))
         for _ in range(count):
             sock.sendto(packet, (to, port))
@@ -58,6 +60,7 @@ def listen(port: int, seconds: float) -> int:
     received = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("0.0.0.0", port))
+        print("listening", file=sys.stderr, flush=True)
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             sock.settimeout(left)

@@ -14,8 +14,16 @@ from driver import Dataplane, DataplaneError
 from kvstore import HOST_KIND, Endpoint, HostStore, Network, NotFound, Store, StoreUnavailable
 
 from .. import failpoints
+from ..encryption import HostTunnel
 from ..errors import BadRequest, UnknownObject
-from ..messages import MTU_OPTION, CreateEndpointRequest, CreateNetworkRequest, EndpointRequest, IPAMData
+from ..messages import (
+    ENCRYPTED_OPTION,
+    MTU_OPTION,
+    CreateEndpointRequest,
+    CreateNetworkRequest,
+    EndpointRequest,
+    IPAMData,
+)
 from .ipam import ADDRESS_SPACE
 
 log = logging.getLogger(__name__)
@@ -23,8 +31,10 @@ log = logging.getLogger(__name__)
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 
-def fix_command() -> str:
-    return "docker network create -d pyoverlay --ipam-driver pyoverlay [--subnet CIDR] NAME"
+def fix_command(driver: str = "pyoverlay") -> str:
+    """The command that makes a network right; ``driver`` as this host's daemon names us (a managed
+    plugin's name carries its tag: docs/install.md, "The driver name")."""
+    return f"docker network create -d {driver} --ipam-driver {driver} [--subnet CIDR] NAME"
 
 
 @dataclass
@@ -37,11 +47,14 @@ class NetworkService:
     vxlan_port: int
     embedded: bool
     on_change: Callable[[str], None] = lambda network_id: None  # kicks the event loop for a network
+    # the name `docker network create -d` takes for us here, for errors; never asks dockerd (Agent wires it)
+    driver_name: Callable[[], str] = lambda: "pyoverlay"
     # Docker's NetworkID here -> the cluster network's VNI, as looked up: a binding is this host's own and
     # a VNI never changes, so DeleteEndpoint needs no store round trip to find the veth's namespace
     _vnis: dict[str, int] = field(default_factory=dict, repr=False)
     # endpoints and their networks through this host's copies while the store is away (kvstore/host_store.py)
     host: HostStore | None = None
+    tunnel: HostTunnel | None = None  # this host's end of encrypted networks (plugin/encryption.py)
 
     def __post_init__(self) -> None:
         if self.host is None:
@@ -50,12 +63,26 @@ class NetworkService:
     def capabilities(self) -> dict[str, str]:
         return {"Scope": "local", "ConnectivityScope": "global"}
 
-    def max_mtu(self) -> int:
+    def max_mtu(self, encrypted: bool = False) -> int:
+        if encrypted and self.tunnel is not None:
+            return self.tunnel.vxlan_mtu()  # WireGuard's headers and VXLAN over IPv6 inside
         return self.underlay_mtu - VXLAN_OVERHEAD
 
     def mtu_for(self, network: Network) -> int:
         # capped, not refused: a network made on a host with a larger underlay still works here
-        return min(self.max_mtu(), network.mtu) if network.mtu else self.max_mtu()
+        most = self.max_mtu(network.encrypted)
+        return min(most, network.mtu) if network.mtu else most
+
+    def ensure_devices(self, network: Network) -> None:
+        """The network's bridge and VXLAN device; an encrypted network's VXLAN device sends from this
+        host's tunnel address, through the tunnel device (made here when it is the first)."""
+        local = self.vtep
+        if network.encrypted:
+            if self.tunnel is None:
+                raise DataplaneError("this agent carries no encrypted networks (it has no tunnel)")
+            self.tunnel.ensure()
+            local = self.tunnel.address
+        self.dataplane.ensure_network(network.vni, self.mtu_for(network), local, self.vxlan_port)
 
     # -- networks -----------------------------------------------------------------------------------
 
@@ -66,10 +93,12 @@ class NetworkService:
             # Docker's default IPAM only keeps addresses unique per host: across hosts they would collide
             raise BadRequest(
                 "with the etcd store pyoverlay networks need pyoverlay's IPAM, which keeps addresses "
-                f"unique across hosts; use: {fix_command()}"
+                f"unique across hosts; use: {fix_command(self.driver_name())}"
             )
-        if req.mtu and req.mtu > self.max_mtu():
-            self._check_mtu(req.mtu, (data or data6).pool if owned else None)  # type: ignore[union-attr]
+        encrypted = req.generic.get(ENCRYPTED_OPTION) == "true"
+        if req.mtu and req.mtu > self.max_mtu(encrypted):
+            pool_id = (data or data6).pool if owned else None  # type: ignore[union-attr]
+            self._check_mtu(req.mtu, pool_id, encrypted)
         pool = self.store.get_pool(data.pool) if owned and data else None
         pool6 = self.store.get_pool(data6.pool) if owned and data6 else None
         wanted = Network(
@@ -94,7 +123,7 @@ class NetworkService:
         network = existing or self.store.create_network(self.host_id, req.docker_network_id, wanted)
         failpoints.hit("CreateNetwork.after_store")
         try:
-            self.dataplane.ensure_network(network.vni, self.mtu_for(network), self.vtep, self.vxlan_port)
+            self.ensure_devices(network)
         except DataplaneError:
             if existing is None and network.network_id == req.docker_network_id:
                 self._undo_create(req.docker_network_id, network)
@@ -105,25 +134,31 @@ class NetworkService:
         failpoints.hit("CreateNetwork.after_kernel")
         self.on_change(network.network_id)
 
-    def _check_mtu(self, mtu: int, pool_id: str | None) -> None:
+    def _check_mtu(self, mtu: int, pool_id: str | None, encrypted: bool) -> None:
         """Refuse an MTU the underlay cannot carry, unless the network exists already (made on a host
         with a larger underlay, or this request resent): then it is capped here."""
         made = None
         if pool_id:
             made = next((n for n in self.store.list_networks() if pool_id in n.pool_ids), None)
+        most = self.max_mtu(encrypted)
         if made is None:
+            headers = (
+                f"{self.underlay_mtu - most} bytes of WireGuard and VXLAN headers"
+                if encrypted
+                else f"{VXLAN_OVERHEAD} bytes of VXLAN headers"
+            )
             raise BadRequest(
                 f"-o {MTU_OPTION}={mtu} is more than this host's underlay carries: containers can have "
-                f"at most {self.max_mtu()} (underlay MTU {self.underlay_mtu} - {VXLAN_OVERHEAD} bytes of "
-                f"VXLAN headers). Use -o {MTU_OPTION}={self.max_mtu()} or less, leave the option out to "
-                f"get {self.max_mtu()}, or raise the underlay's MTU"
+                f"at most {most} (underlay MTU {self.underlay_mtu} - {headers}). Use -o "
+                f"{MTU_OPTION}={most} or less, leave the option out to get {most}, or raise the "
+                "underlay's MTU"
             )
         log.warning(
             "network %s asks for MTU %d; this host's underlay (MTU %d) allows %d: capped",
             made.name or made.network_id[:12],
             mtu,
             self.underlay_mtu,
-            self.max_mtu(),
+            most,
         )
 
     def _undo_create(self, docker_network_id: str, network: Network) -> None:
@@ -220,7 +255,7 @@ class NetworkService:
         try:
             if not self.dataplane.has_network(network.vni):
                 # devices vanished (host reboot): rebuild rather than fail; the event loop checks drift
-                self.dataplane.ensure_network(network.vni, mtu, self.vtep, self.vxlan_port)
+                self.ensure_devices(network)
             # the port takes frames from this MAC and these addresses only (Docker's --mac-address, --ip)
             addresses = tuple(str(a.ip) for a in (req.address, req.ipv6_address) if a)
             self.dataplane.ensure_endpoint(network.vni, req.endpoint_id, mac, mtu, addresses)

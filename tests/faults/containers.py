@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,18 @@ def tool(h, container: str, module: str, *args: str) -> list[str]:
 
 def start(command: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def listening(proc: subprocess.Popen[str], timeout: float = 30) -> subprocess.Popen[str]:
+    """Wait until a tool's listener says on stderr that it listens (its socket is bound): a sleep instead
+    was too short on a busy machine, and the first frames went to nobody."""
+    assert proc.stderr is not None
+    ready, _, _ = select.select([proc.stderr], [], [], timeout)
+    line = proc.stderr.readline() if ready else ""
+    if line.strip() != "listening":
+        proc.kill()
+        raise AssertionError(f"{proc.args}: not listening within {timeout} s: {line}{proc.stderr.read()}")
+    return proc
 
 
 def run(command: list[str]) -> str:

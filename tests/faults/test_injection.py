@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.faults.conftest import count
-from tests.faults.containers import ROOT, result, start, tool
+from tests.faults.containers import ROOT, listening, result, start, tool
 from tests.lab.system import wait_until
 from tests.multihost.test_overlay import SLEEP, create_everywhere, ip_of
 
@@ -40,8 +39,7 @@ def vni_of(h) -> int:
 def delivered(lab, h, container: str, send_from, source: str, packets: int) -> int:
     """Datagrams the container on h got while ``packets`` crafted VXLAN packets went to h from source."""
     seconds = str(1.5 + packets * 0.01)
-    listener = start(tool(h, container, "tests.vxlan_inject", "listen", "--seconds", seconds))
-    time.sleep(0.5)  # bound
+    listener = listening(start(tool(h, container, "tests.vxlan_inject", "listen", "--seconds", seconds)))
     ip = ip_of(h, container, "inj")
     mac = ":".join(f"{b:02x}" for b in (0x02, 0x42, *map(int, ip.split("."))))  # derived from the address
     send_from(

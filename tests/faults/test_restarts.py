@@ -45,7 +45,9 @@ def kill_dockerd(h) -> None:
     # Its containerd dies with it (parent-death signal) and is left to PID 1, which on a real host reaps
     # it; this VM's init does not, and the next dockerd takes the zombie for a live containerd and waits
     # for it forever. Its pid file is stale then: remove it as reaping would have made it.
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10  # it dies a moment later: a fixed sleep was too short when busy
+    while Path(f"/proc/{containerd}").exists() and not is_zombie(containerd) and time.monotonic() < deadline:
+        time.sleep(0.05)
     if is_zombie(containerd):
         pidfile.unlink(missing_ok=True)
 

@@ -5,12 +5,10 @@ peer was started with Docker's own ``--ip`` and ``--mac-address`` and keeps talk
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.faults.conftest import count
-from tests.faults.containers import result, run, start, tool
+from tests.faults.containers import listening, result, run, start, tool
 from tests.lab.system import wait_until
 from tests.multihost.test_overlay import SLEEP, converge_ping, create_everywhere, ip_of, ping
 
@@ -44,7 +42,8 @@ def seen(listeners: list[Box], needle: bytes, sender: Box, kind: str, frames: in
                    "--seconds", seconds))
         for b in listeners
     ]  # fmt: skip
-    time.sleep(0.5)  # bound
+    for c in counters:
+        listening(c)
     args = [f"--{k.replace('_', '-')}={v}" for k, v in frame.items()]
     run(tool(sender.h, sender.name, "tests.spoof", "send", "--iface", sender.iface, "--kind", kind,
              f"--count={frames}", *args))  # fmt: skip

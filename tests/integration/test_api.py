@@ -188,8 +188,8 @@ BAD_REQUESTS = [
     ),
     (
         "NetworkDriver.CreateNetwork",
-        b'{"NetworkID": "n1", "Options": {"com.docker.network.generic": {"encrypted": ""}}}',
-        "pyoverlay does not encrypt yet: traffic between hosts would cross the underlay in clear",
+        b'{"NetworkID": "n1", "Options": {"com.docker.network.generic": {"encrypted": "maybe"}}}',
+        "-o encrypted=maybe: the value must be true or false",
     ),
     (
         "NetworkDriver.CreateNetwork",

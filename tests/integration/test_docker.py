@@ -14,6 +14,9 @@ from tests.lab.fixtures import lab_image_tar, make_lab  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
+# host liveness: registrations and the heartbeat records `pyoverlay status` reads, kept per live host
+LIVENESS = ("/pyoverlay/v1/hosts/", "/pyoverlay/v1/hosts-seen/")
+
 
 @pytest.fixture(params=["embedded", "etcd"])
 def host(request, make_lab):  # noqa: F811
@@ -50,9 +53,7 @@ def pyoverlay_leftovers(h, subnets: tuple[str, ...] = ()) -> list[str]:
     found += [rule for rule in rules if "pyoverlay" in rule]
     if h.lab.etcd_endpoint:
         keys = h.lab.etcdctl("get", "--prefix", "--keys-only", "/pyoverlay/v1/").stdout.split()
-        found += [
-            k for k in keys if not k.startswith("/pyoverlay/v1/hosts/") and k != "/pyoverlay/v1/pools-index"
-        ]
+        found += [k for k in keys if not k.startswith(LIVENESS) and k != "/pyoverlay/v1/pools-index"]
     else:
         from kvstore import open_store
 

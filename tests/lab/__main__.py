@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--agent-cmd", help="agent command line (default: .venv/bin/pyoverlay serve)")
     up.add_argument("--keep", action="store_true", help="keep .lab/<name> (logs, data) at down")
     up.add_argument(
-        "--engine", help="Docker engine of every host: 28, 26 (scripts/fetch-engine.sh); default the system's"
+        "--engine",
+        help="Docker engine of every host: 28, 26 (scripts/fetch-engine.sh), system; "
+        "default $PYOVERLAY_ENGINE, else the system's",
     )
     for p in (
         up,

@@ -54,7 +54,7 @@ def make_lab(lab_image_tar: Path, tmp_path: Path) -> Iterator[Callable[..., Lab]
         kwargs.setdefault("image_tar", lab_image_tar)
         lab = Lab(n_hosts, name, **kwargs)
         try:
-            check_machine(lab.with_etcd, [h.engine.version for h in lab.hosts])
+            check_machine(lab.with_etcd, [h.engine.label for h in lab.hosts])
         except LabUnavailable as exc:  # e.g. engine="28" not fetched
             _unavailable(exc)
         labs.append(lab)

@@ -18,6 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from driver.neighbour_table import ensure_neighbour_table
+from plugin.settings import Settings
+
 from .engines import engine as engine_of
 from .host import LabHost
 from .image import IMAGE_TAG, build_image_tar
@@ -131,7 +134,7 @@ class Lab:
     def up(self) -> Lab:
         """Clean leftovers of an earlier run with this name, then build the whole lab; tear down on error."""
         start = time.monotonic()
-        check_machine(self.with_etcd, [h.engine.version for h in self.hosts])
+        check_machine(self.with_etcd, [h.engine.label for h in self.hosts])
         cleanup(self.name)
         try:
             self._up()
@@ -215,6 +218,9 @@ class Lab:
         _ip_batch(ul, [*ul_batch, f"link set br0 mtu {mtu}"])
         # The underlay is a plain wire: no iptables on bridged frames (br_netfilter is on per netns).
         _sysctl(ul, {f"net/bridge/bridge-nf-call-{t}": "0" for t in ("iptables", "ip6tables", "arptables")})
+        # One kernel, one neighbour table, for all the lab's hosts: what each agent raises on a real host
+        # (in its initial namespace, which lab agents do not see), times the hosts.
+        ensure_neighbour_table(len(self.hosts) * Settings().neigh_table_size)
 
     def _start_etcd(self) -> None:
         shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
@@ -338,7 +344,8 @@ class Lab:
 
 
 def check_machine(etcd: bool = True, engines: Sequence[str | None] = (None,)) -> None:
-    """Raise LabUnavailable, saying why, if this machine cannot run a lab (with these Docker engines)."""
+    """Raise LabUnavailable, saying why, if this machine cannot run a lab (with these Docker engines: a
+    version, "system", or None for the session's)."""
     if os.geteuid() != 0:
         raise LabUnavailable("the lab needs root (network, mount namespaces, dockerd)")
     for version in dict.fromkeys(engines):

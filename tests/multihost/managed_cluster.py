@@ -109,6 +109,9 @@ def mb(size: int | str) -> str:
     return f"{int(size) / 1e6:.0f} MB"
 
 
+METRICS_PORT = 9464  # the plugin shares the host's network namespace: it listens on the host's address
+
+
 def build_push_install(cluster: Cluster, registry: LocalRegistry, plugin_dir: Path) -> None:
     lab, facts, h1 = cluster.lab, cluster.facts, cluster.hosts[0]
     t = time.monotonic()
@@ -144,6 +147,7 @@ def build_push_install(cluster: Cluster, registry: LocalRegistry, plugin_dir: Pa
         settings = {
             "ETCD_ENDPOINTS": lab.etcd_endpoint or "",
             "ADVERTISE_ADDR": h.address,
+            "METRICS_ADDR": f"{h.address}:{METRICS_PORT}",
             # Paths in the host's own mount namespace, where dockerd (and runc) resolve them; the lab's
             # shared root filesystem has no per-host /var/lib/pyoverlay, so each host gets its own.
             "docker-socket.source": str(h.run_dir / "docker.sock"),
@@ -182,9 +186,9 @@ def plugin_log(h: LabHost, since: int = 0) -> str:
     return "\n".join(line for line in text.splitlines() if " plugin=" in line)
 
 
-def create_network(cluster: Cluster, name: str, subnet: str) -> None:
+def create_network(cluster: Cluster, name: str, subnet: str, *options: str) -> None:
     h1, h2 = cluster.hosts
-    h1.create_network(name, "--subnet", subnet, driver=DRIVER)
+    h1.create_network(name, "--subnet", subnet, *options, driver=DRIVER)
 
     # h2's agent sees the cluster network in etcd and creates it in its own daemon
     def on_h2():
@@ -248,6 +252,15 @@ def disable(h: LabHost) -> float:
     return time.monotonic() - start
 
 
+BLOCKS = "/pyoverlay/v1/blocks/"
+
+
+def held_blocks_kept(before: dict[str, object], after: dict[str, object]) -> list[str]:
+    """The blocks held before a restart that are gone or held by another host after it."""
+    kept = after["blocks"]
+    return [k for k, v in before["blocks"].items() if kept.get(k) != v]  # type: ignore[union-attr]
+
+
 def snapshot(cluster: Cluster, network: str, containers: dict[str, LabHost]) -> dict[str, object]:
     """What must survive a plugin restart: Docker's view, the store's keys and h2's kernel tables."""
     view: dict[str, object] = {}
@@ -262,7 +275,15 @@ def snapshot(cluster: Cluster, network: str, containers: dict[str, LabHost]) -> 
         view[f"{name} ip"] = ip_of(h, name, network)
     keys = cluster.lab.etcdctl("get", "--prefix", "/pyoverlay/v1/").stdout.splitlines()
     pairs = dict(zip(keys[::2], keys[1::2], strict=False))
-    view["store"] = {k: v for k, v in pairs.items() if not k.startswith("/pyoverlay/v1/hosts/")}
+    # liveness: registrations and the heartbeat records status reads (they change with every beat)
+    view["store"] = {
+        k: v
+        for k, v in pairs.items()
+        if not k.startswith(("/pyoverlay/v1/hosts/", "/pyoverlay/v1/hosts-seen/", BLOCKS))
+    }
+    # each host's keeper tops up its spare block in the background (any time after an allocation):
+    # compare with held_blocks_kept, blocks may be added but none lost or moved
+    view["blocks"] = {k: v for k, v in pairs.items() if k.startswith(BLOCKS)}
     h2 = cluster.hosts[1]
     view["h2 links"] = sorted(
         line.split()[0]

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,12 +29,14 @@ from tests.lab.registry import LocalRegistry, registry_available
 from tests.lab.system import wait_until as wait_for
 from tests.multihost.managed_cluster import (
     DRIVER,
+    METRICS_PORT,
     REGISTRY,
     Cluster,
     build_push_install,
     converge_ping,
     create_network,
     disable,
+    held_blocks_kept,
     ip_of,
     plugin_id,
     plugin_log,
@@ -130,6 +133,17 @@ def test_installed_from_registry_network_spreads_and_containers_talk(cluster):
     assert {json.loads(v)["address"] for v in hosts.splitlines() if v} == {h1.address, h2.address}
 
 
+def test_encrypted_network_runs_wireguard_go_from_the_image(cluster):
+    """The plugin carries an encrypted network with what it ships (wireguard-go, /dev/net/tun) and the
+    capabilities it has: this kernel has no WireGuard module."""
+    h1, h2 = cluster.hosts
+    create_network(cluster, "sealed", "10.65.0.0/24", "-o", "encrypted")
+    run_box(cluster, h1, "e1", "sealed")
+    ip2 = run_box(cluster, h2, "e2", "sealed")
+    converge_ping(h1, "e1", ip2)
+    assert "tunnel device pyo-wg up: userspace WireGuard" in plugin_log(h1)
+
+
 def test_names_across_hosts(cluster):
     """The plugin's name service: another host's container by name, and the host's own resolvers (the
     lab's upstream) through the plugin, which sees the host's /etc/resolv.conf."""
@@ -178,6 +192,9 @@ def test_disable_enable_keeps_traffic_and_state(cluster, request):
     # give the restarted agent a pass over the store and the kernel, then nothing may have changed
     time.sleep(3)
     after = snapshot(cluster, "steady", {"c1": h1, "c2": h2})
+    lost = held_blocks_kept(before, after)
+    assert not lost, f"address blocks lost or moved by the restart: {lost}"
+    del after["blocks"], before["blocks"]
     assert after == before
     # the restarted agent still serves: a new container on h2 gets a fresh address and talks both ways
     ip3 = run_box(cluster, h2, "c3", "steady")
@@ -235,3 +252,63 @@ def test_container_restart_keeps_connectivity(cluster):
     ip1, ip2 = ip_of(h1, "r1", "again"), ip_of(h2, "r2", "again")
     converge_ping(h1, "r1", ip2)
     converge_ping(h2, "r2", ip1)
+
+
+def test_metrics_served_by_the_plugin(cluster):
+    """The image has the Prometheus client, and METRICS_ADDR reaches the agent inside the plugin."""
+    h1 = cluster.hosts[0]
+    fetch = (
+        "import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=5).read().decode())"
+    )
+    url = f"http://{h1.address}:{METRICS_PORT}/metrics"
+
+    def scraped() -> str:
+        return cluster.lab.underlay_run([sys.executable, "-c", fetch, url], check=False).stdout
+
+    wait_for(lambda: "pyoverlay_event_loop_lag_revisions " in scraped(), what=f"metrics at {url}")
+    body = scraped()
+    assert (
+        'pyoverlay_plugin_request_duration_seconds_count{outcome="ok",type="NetworkDriver.GetCapabilities"}'
+        in body
+    )
+
+
+def test_status_and_ps_from_the_host_with_the_cli_installed_apart(cluster):
+    """The CLI installed on the host (the test venv's, as `pip install` puts it) reads the store with
+    the plugin's settings and finds the plugin's own socket, /run/docker/plugins/<id>/pyoverlay.sock."""
+    h1, h2 = cluster.hosts
+    create_network(cluster, "seen", "10.67.0.0/24")
+    address = run_box(cluster, h2, "seenbox", "seen")
+    cli = str(Path(sys.executable).parent / "pyoverlay")
+    env = {k: v for k, v in os.environ.items() if k != "SOCKET"}
+    env.update(STATE_DIR=str(h1.workdir / "state"), ETCD_ENDPOINTS=",".join(cluster.lab.etcd_endpoints))
+
+    def ps() -> list[dict]:
+        return json.loads(h1.run([cli, "ps", "seen", "--json"], env=env).stdout)["endpoints"]
+
+    wait_for(lambda: [e["container"] for e in ps()] == ["seenbox"], what="seenbox named in the store")
+    [row] = ps()
+    assert row["ipv4"] == f"{address}/24" and h2.address in row["host"]
+    report = json.loads(h1.run([cli, "status", "--json"], env=env).stdout)
+    local = report["local"]
+    assert local["host_id"] == (h1.workdir / "state" / "host-id").read_text().strip()
+    assert local["socket"] == f"/run/docker/plugins/{plugin_id(h1)}/pyoverlay.sock"
+    assert local["store"]["kind"] == "etcd" and local["store"]["healthy"] is True
+    seen = next(n for n in report["cluster"]["networks"] if n["name"] == "seen")
+    assert {h["id"] for h in seen["hosts"]} == {
+        (h.workdir / "state" / "host-id").read_text().strip() for h in (h1, h2)
+    }
+    print(h1.run([cli, "status"], env=env).stdout)
+
+
+def test_the_bare_driver_name_is_not_resolved_by_dockerd(cluster):
+    """Why the driver name carries the tag (docs/install.md, "The driver name"): dockerd registers the
+    driver as `pyoverlay:latest` and does not find `pyoverlay`. If a Docker release changes that, this
+    fails and the docs can say `-d pyoverlay`."""
+    h1 = cluster.hosts[0]
+    refused = h1.docker(
+        "network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "bare", check=False
+    )
+    assert refused.returncode != 0
+    assert "could not resolve driver pyoverlay in registry" in refused.stderr, refused.stderr
+    assert h1.docker("network", "ls", "-q", "--filter", "name=^bare$").stdout.strip() == ""

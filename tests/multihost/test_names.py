@@ -32,11 +32,11 @@ def until_resolves(h, container: str, name: str, expected: list[str], timeout: f
     return time.monotonic() - start
 
 
-@pytest.fixture(params=[None, "28"], ids=["docker20.10", "docker28"])
-def named_lab(make_lab, request) -> Iterator:  # noqa: F811
+@pytest.fixture
+def named_lab(make_lab) -> Iterator:  # noqa: F811
     config = lab_daemon_json()
     assert config == {"dns": ["169.254.53.53", "10.99.0.254"]}  # the name service, then the host's resolver
-    lab = make_lab(3, etcd=True, daemon_json=config, engine=request.param)
+    lab = make_lab(3, etcd=True, daemon_json=config)
     upstream = start_upstream(lab, EXTERNAL)
     try:
         lab.start_agents()

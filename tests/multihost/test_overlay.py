@@ -15,6 +15,9 @@ pytestmark = pytest.mark.lab
 
 SLEEP = ("sleep", "3600")
 
+# host liveness: registrations and the heartbeat records `pyoverlay status` reads, kept per live host
+LIVENESS = ("/pyoverlay/v1/hosts/", "/pyoverlay/v1/hosts-seen/")
+
 
 def networks(h) -> dict[str, dict]:
     out = h.docker("network", "ls", "--filter", "driver=pyoverlay", "--format", "{{.Name}}").stdout.split()
@@ -102,9 +105,7 @@ def test_network_rm_leaves_while_others_use_it_and_removes_everywhere_when_last(
     h3.docker("network", "rm", "gone")  # no endpoints anywhere now: removed everywhere
     wait_for(lambda: "gone" not in networks(h1), what="network removed on h1")
     keys = lab3.etcdctl("get", "--prefix", "--keys-only", "/pyoverlay/v1/").stdout.split()
-    assert not [
-        k for k in keys if not k.startswith("/pyoverlay/v1/hosts/") and k != "/pyoverlay/v1/pools-index"
-    ], keys
+    assert not [k for k in keys if not k.startswith(LIVENESS) and k != "/pyoverlay/v1/pools-index"], keys
 
 
 def test_dead_host_keeps_its_entries_until_forgotten(lab3):

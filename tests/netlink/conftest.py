@@ -10,6 +10,7 @@ from pyroute2 import netns as pyroute2_netns
 from driver import Dataplane
 
 from .nsutil import require, root_snapshot
+from .wgutil import pair  # noqa: F401  (the WireGuard tests' two hosts)
 
 
 @pytest.fixture

@@ -248,7 +248,26 @@ def test_dataplane_in_a_missing_namespace_fails_clearly() -> None:
         dp.network_vnis()
 
 
-def test_local_address_must_be_ipv4(dataplane: Dataplane, ns: str) -> None:
-    with pytest.raises(DataplaneError, match=f"{VX}: create vxlan: local 'fd00::1' is not IPv4"):
-        dataplane.ensure_network(VNI, 1450, "fd00::1")
+def test_local_address_must_be_an_address(dataplane: Dataplane, ns: str) -> None:
+    with pytest.raises(
+        DataplaneError,
+        match=f"{VX}: create vxlan: local 'vtep': .*does not appear to be an IPv4 or IPv6 address",
+    ):
+        dataplane.ensure_network(VNI, 1450, "vtep")
     assert dataplane.network_vnis() == set()
+
+
+def test_an_ipv6_local_address_and_back(dataplane: Dataplane, ns: str) -> None:
+    """An encrypted network's VXLAN device sends from the host's IPv6 tunnel address: made so, kept by a
+    second ensure, and made anew when the network's local address changes family."""
+    dataplane.ensure_network(VNI, 1370, "fd70:796f:7601::1")
+    with IPRoute(netns=net_ns(ns, VNI), flags=0) as ipr:
+        first = link(ipr, VX)
+    assert vxlan_attr(first, "local6") == "fd70:796f:7601::1" and vxlan_attr(first, "local") is None
+    dataplane.ensure_network(VNI, 1370, "fd70:796f:7601::1")
+    with IPRoute(netns=net_ns(ns, VNI), flags=0) as ipr:
+        assert link(ipr, VX)["index"] == first["index"]
+    dataplane.ensure_network(VNI, 1450, LOCAL)
+    with IPRoute(netns=net_ns(ns, VNI), flags=0) as ipr:
+        vxlan = link(ipr, VX)
+    assert (vxlan_attr(vxlan, "local"), vxlan_attr(vxlan, "local6")) == (LOCAL, None)

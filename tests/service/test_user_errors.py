@@ -21,7 +21,7 @@ from plugin.messages import (
 from .conftest import GATEWAY, MAC_OPTION, Host, network_body, new_id, new_mac
 
 MTU = "com.docker.network.driver.mtu"
-KNOWN = "the driver options it knows: -o com.docker.network.driver.mtu=N"
+KNOWN = "the driver options it knows: -o com.docker.network.driver.mtu=N, -o encrypted"
 
 
 def create(host: Host, options: dict[str, str], subnet: str = "10.30.0.0/24") -> str:
@@ -55,12 +55,17 @@ def test_unknown_driver_options_are_refused_with_the_known_ones(host_a: Host):
     )
 
 
-@pytest.mark.parametrize("value", ["", "true", "false"])
-def test_encrypted_is_refused_until_pyoverlay_encrypts(host_a: Host, value: str):
-    assert refused(host_a, {"encrypted": value, "other": "x"}) == (
-        "pyoverlay does not encrypt yet: traffic between hosts would cross the underlay in clear. "
-        "Create the network without -o encrypted, and only if you trust the underlay network"
+def test_encrypted_takes_no_value_or_a_boolean(host_a: Host):
+    assert (
+        refused(host_a, {"encrypted": "yes please"})
+        == "-o encrypted=yes please: the value must be true or false"
     )
+
+
+def test_encrypted_false_is_a_plain_network(host_a: Host):
+    docker_id = create(host_a, {"encrypted": "false"})
+    network = host_a.store.network_for("host-a", docker_id)
+    assert not network.encrypted and "encrypted" not in network.options
 
 
 def test_options_docker_itself_reads_are_accepted_and_kept_for_other_hosts(host_a: Host):

@@ -1,6 +1,6 @@
 from driver.peers import Peer, desired_state
 from kvstore import Endpoint
-from plugin.event_loop import remote_peers
+from plugin.endpoint_rules import remote_peers
 
 
 def ep(eid, host, net="n1", address="10.0.0.2/24", vtep="192.0.2.2", mac="02:00:00:00:00:02"):

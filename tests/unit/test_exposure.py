@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from kvstore import CONTAINER_KIND, HOST_KIND, Endpoint
-from plugin.event_loop import own_host_address, remote_peers
+from plugin.endpoint_rules import own_host_address, remote_peers
 from plugin.services.exposure import exposure_id
 from plugin.services.network import mac_for_address
 

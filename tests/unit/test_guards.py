@@ -6,7 +6,7 @@ import struct
 
 from driver import nft
 from driver.port_security import link_local, port_rules
-from kvstore import HOST_KIND, Endpoint
+from kvstore import HOST_KIND, Endpoint, Host
 from plugin.guards import allowed_vteps, own_ports
 
 
@@ -16,7 +16,7 @@ def endpoint(endpoint_id: str, host: str, vtep: str, kind: str = "container") ->
 
 
 def test_allowed_vteps_are_registered_hosts_and_remote_endpoints_hosts_and_none_without_networks():
-    hosts = {"a": "192.0.2.1", "b": "192.0.2.2"}
+    hosts = {h: Host(h, address) for h, address in {"a": "192.0.2.1", "b": "192.0.2.2"}.items()}
     assert allowed_vteps("a", hosts, {}) is None
     lapsed = endpoint("e1", "c", "192.0.2.3")  # c's lease lapsed: its endpoint keeps it allowed
     own = endpoint("e2", "a", "192.0.2.1")

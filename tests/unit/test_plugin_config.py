@@ -42,3 +42,6 @@ def test_plugin_implements_both_drivers_with_net_admin_and_the_dns_port():
     # NET_BIND_SERVICE: the name service listens on port 53 (the daemon's `dns` setting has no port)
     # SYS_ADMIN: each network's namespace is made (unshare), mounted and entered (setns)
     assert CONFIG["linux"]["capabilities"] == ["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_SYS_ADMIN"]
+    # wireguard-go opens /dev/net/tun (the device cgroup must allow it); making the TUN device takes
+    # NET_ADMIN, which the plugin holds already
+    assert [device["path"] for device in CONFIG["linux"]["devices"]] == ["/dev/net/tun"]

@@ -35,6 +35,8 @@ def test_env_and_flags_mean_the_same_and_flags_win():
         {"ETCD_CERT": "/etc/pyoverlay/agent.pem"},
         {"WORKERS_THREADS": "0"},
         {"LOG_LEVEL": "chatty"},
+        {"NEIGH_TABLE_SIZE": "100"},
+        {"NEIGH_TABLE_SIZE": "many"},
     ],
 )
 def test_bad_settings_stop_with_a_message(env):
