@@ -66,10 +66,13 @@ def exchange(lab, sender, receiver, network: str, capture: Path) -> tuple[bool, 
     rh.docker("exec", "-d", r, "sh", "-c", "nc -l -p 7000 > /tmp/got")  # returns before nc listens
     wait_until(lambda: tcp_listening(rh, r, 7000), 30, f"nc -l -p 7000 in {r} on {rh.name}")
     tcpdump = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{lab.underlay_netns}", "tcpdump", "-i", "br0", "-U", "-n", "-w",
-         str(capture), "udp"],
+        ["nsenter", f"--net=/run/netns/{lab.underlay_netns}", "tcpdump", "-i", "br0", "--immediate-mode",
+         "-U", "-n", "-w", str(capture), "udp"],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    # --immediate-mode: libpcap's TPACKET_V3 ring otherwise hands packets over a block at a time, once a
+    # block fills or its 1 s timeout ends, and what is still in the ring when tcpdump is stopped is lost:
+    # an exchange quicker than that left an empty capture (seen on a fast machine, every engine)
     assert "listening" in tcpdump.stderr.readline()
     began, trace = time.monotonic(), []
     target, sent, sends = ip_of(rh, r, network), False, []
