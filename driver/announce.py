@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +76,30 @@ class Repeater:
     last repeat) kept dozens alive in a busy agent, and glibc keeps the stacks of the peak count."""
 
     def __init__(self) -> None:
-        self._due: list[tuple[float, int, Callable[[], None], str]] = []  # (when, order, send, ifname)
+        # (when, order, send, ifname, key)
+        self._due: list[tuple[float, int, Callable[[], None], str, Hashable]] = []
         self._order = 0
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def send_later(self, send: Callable[[], None], ifname: str, delays: Iterable[float]) -> None:
+    def send_later(
+        self, send: Callable[[], None], ifname: str, delays: Iterable[float], key: Hashable = None
+    ) -> None:
         """Call send again after each delay (seconds from now); a failure (the bridge or namespace went
-        meanwhile) only ends that announcement's repeats."""
+        meanwhile) only ends that announcement's repeats. Repeats still pending under the same ``key``
+        (the same IP on the same bridge) are superseded and dropped: a late repeat of an IP's old MAC
+        would otherwise undo the announcement of its new one (a container replaced within seconds)."""
         now = time.monotonic()
         with self._wake:
             if self._closed:
                 return
+            if key is not None and any(due[4] == key for due in self._due):
+                self._due = [due for due in self._due if due[4] != key]
+                heapq.heapify(self._due)
             for delay in sorted(delays):
                 self._order += 1
-                heapq.heappush(self._due, (now + delay, self._order, send, ifname))
+                heapq.heappush(self._due, (now + delay, self._order, send, ifname, key))
             if self._thread is None or not self._thread.is_alive():  # first use, or after a fork
                 self._thread = threading.Thread(target=self._run, name="announce-again", daemon=True)
                 self._thread.start()
@@ -111,7 +119,7 @@ class Repeater:
                     self._wake.wait(self._due[0][0] - time.monotonic() if self._due else None)
                 if self._closed:
                     return
-                _, _, send, ifname = heapq.heappop(self._due)
+                _, _, send, ifname, _ = heapq.heappop(self._due)
                 if not self._due:
                     failed.clear()
             if send in failed:

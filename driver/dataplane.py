@@ -352,7 +352,7 @@ class Dataplane:
                 raise DataplaneError(f"{ifname}: announce {ip} at {mac}: {describe(exc)}") from exc
 
         send()  # a missing bridge: ENODEV; a missing namespace: the helper's error
-        self._repeater.send_later(send, ifname, self.announce_again)
+        self._repeater.send_later(send, ifname, self.announce_again, key=(ifname, ip))
 
     def endpoint_ids_prefixes(self) -> set[str]:
         """The 12-character endpoint ID prefixes of the endpoints' bridge ports that exist here."""

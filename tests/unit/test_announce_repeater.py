@@ -50,3 +50,18 @@ def test_close_drops_what_is_pending() -> None:
     repeater.send_later(lambda: sent.append(2), "pobr1", (0.0,))  # after close: ignored
     time.sleep(0.3)
     assert sent == []
+
+
+def test_a_new_announcement_of_an_ip_drops_the_pending_repeats_of_its_old_one() -> None:
+    """A container replaced within seconds by one with the same IP and another MAC: the old MAC's late
+    repeats must not undo the new announcement in its neighbours' caches."""
+    sent: list[str] = []
+    repeater = Repeater()
+    repeater.send_later(lambda: sent.append("old MAC"), "pobr1", (0.1, 0.3), key=("pobr1", "10.0.0.5"))
+    repeater.send_later(lambda: sent.append("other IP"), "pobr1", (0.2,), key=("pobr1", "10.0.0.6"))
+    repeater.send_later(lambda: sent.append("other bridge"), "pobr2", (0.2,), key=("pobr2", "10.0.0.5"))
+    repeater.send_later(lambda: sent.append("new MAC"), "pobr1", (0.25,), key=("pobr1", "10.0.0.5"))
+    assert wait_for(lambda: len(sent) == 3)
+    time.sleep(0.3)
+    assert sorted(sent) == ["new MAC", "other IP", "other bridge"]
+    repeater.close()
