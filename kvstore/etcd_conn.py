@@ -31,8 +31,12 @@ _GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     # Be back within half a second of etcd returning; the default backoff grows to two minutes.
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 500),
+    # gRPC also takes this as the least time a TCP connect may take (its deadline is the larger of it and
+    # the backoff): at 200 ms a SYN lost once (resent after 1 s), a far etcd or a busy host's late poll
+    # failed a connect to a healthy etcd ("connect() timed out", seen in the lab). A refused connect
+    # (etcd down, the port closed) still fails at once.
+    ("grpc.min_reconnect_backoff_ms", 2_000),
     # An operator's view of every endpoint (pyoverlay hosts, forget-host) outgrows gRPC's 4 MiB default
     # at about 8,000 endpoints; a host's own scopes stay far below it.
     ("grpc.max_receive_message_length", 256 * 2**20),

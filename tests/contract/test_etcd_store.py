@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
 import urllib.request
@@ -95,6 +96,22 @@ def test_constructor_does_not_connect_and_calls_fail_within_timeout() -> None:
     store.close()
     with pytest.raises(ValueError, match="not a URL"):
         EtcdStore(["ftp://x"])
+
+
+def test_a_connect_whose_first_syn_is_lost_still_succeeds(etcd_server: EtcdServer) -> None:
+    """The kernel resends a SYN after 1 s: a connect that needs it is slow, not failed (gRPC's connect
+    deadline follows its reconnect settings; at 200 ms this failed with "connect() timed out")."""
+    rule = ["OUTPUT", "-p", "tcp", "--dport", str(etcd_server.client_port), "--syn", "-j", "DROP"]
+    subprocess.run(["iptables", "-w", "-I", *rule], check=True)
+    healed = threading.Timer(0.5, subprocess.run, (["iptables", "-w", "-D", *rule],))
+    healed.start()
+    store = EtcdStore([etcd_server.endpoint])
+    try:
+        store.list_networks()  # the first call connects: its SYN is dropped, the one resent at 1 s is not
+    finally:
+        healed.join()
+        subprocess.run(["iptables", "-w", "-D", *rule], capture_output=True)  # gone already, unless failed
+        store.close()
 
 
 def test_failover_to_the_next_endpoint(etcd_server: EtcdServer) -> None:
