@@ -44,18 +44,16 @@ def tunnel_peers(
     endpoints: Mapping[str, Mapping[str, Endpoint]],
     hosts: Mapping[str, Host],
 ) -> dict[str, TunnelPeer]:
-    """Public key -> peer, for every other host with an endpoint in an encrypted network bound here, once
-    this host has one too: before that the members do not peer with it, and its handshakes would go
-    unanswered every few seconds. A host that published no key (an agent from before encryption) gets
-    none: its traffic can't come in."""
-    members = {
-        e.host_id
-        for network_id, eps in endpoints.items()
-        if (network := networks.get(network_id)) is not None and network.encrypted
-        for e in eps.values()
-    }
-    if host_id not in members:
-        return {}
+    """Public key -> peer, for every other host that shares an encrypted network with this one: both have
+    an endpoint in it. A host with the network bound but no endpoint in it has no peers there: the members
+    do not peer with it, and its handshakes would go unanswered every few seconds. A host that published
+    no key (an agent from before encryption) gets none: its traffic can't come in."""
+    members: set[str] = set()
+    for network_id, eps in endpoints.items():
+        network = networks.get(network_id)
+        hosts_in = {e.host_id for e in eps.values()}
+        if network is not None and network.encrypted and host_id in hosts_in:
+            members |= hosts_in
     members.discard(host_id)
     peers = {}
     for member in sorted(members):

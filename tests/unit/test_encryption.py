@@ -54,6 +54,20 @@ def test_a_host_with_no_endpoint_in_an_encrypted_network_has_no_peer():
     assert list(tunnel_peers("b", NETWORKS, endpoints, HOSTS)) == ["key-c="]
 
 
+def test_peers_are_per_network_two_hosts_in_different_encrypted_networks_do_not_peer():
+    """a is in sealed with b and in other with c; b and c share no encrypted network, so no tunnel."""
+    other = Network("other", 102, options={"encrypted": "true"})
+    networks = {**NETWORKS, "other": other}
+    endpoints = {
+        "sealed": {"1": endpoint("1", "sealed", "a"), "2": endpoint("2", "sealed", "b")},
+        "other": {"3": endpoint("3", "other", "a"), "4": endpoint("4", "other", "c")},
+        "plain": {"5": endpoint("5", "plain", "b"), "6": endpoint("6", "plain", "c")},
+    }
+    assert sorted(tunnel_peers("a", networks, endpoints, HOSTS)) == ["key-b=", "key-c="]
+    assert list(tunnel_peers("b", networks, endpoints, HOSTS)) == ["key-a="]
+    assert list(tunnel_peers("c", networks, endpoints, HOSTS)) == ["key-a="]
+
+
 def test_a_member_without_a_published_key_gets_no_peer():
     endpoints = {
         "sealed": {
