@@ -333,11 +333,16 @@ class EventLoop(KernelSide):
         elif scope == BINDINGS:
             self._follow_bindings()
         else:
-            self._index_names(scope[len(ENDPOINTS) :])
+            network_id = scope[len(ENDPOINTS) :]
+            self._index_names(network_id)
             if programmed:  # this host's own containers' endpoints are veths: nothing for sync to do
-                self.sync(scope[len(ENDPOINTS) :])  # at once: convergence time is what users feel
+                self.sync(network_id)  # at once: convergence time is what users feel
                 self.guard_vteps()
-            self._announce(scope[len(ENDPOINTS) :], announce.values())
+            elif (network := self.networks.get(network_id)) is not None and network.encrypted:
+                # this host's first or last endpoint in an encrypted network starts or ends its peering
+                # with the members (plugin.encryption.tunnel_peers); else it waited for a heartbeat
+                self.follow_tunnel()
+            self._announce(network_id, announce.values())
 
     def _index_names(self, network_id: str) -> None:
         endpoints = self.endpoints.get(network_id)
