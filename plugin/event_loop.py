@@ -288,13 +288,15 @@ class EventLoop(KernelSide):
             self.on_claims([(e.key_id, e.record, e.revision) for e in events if isinstance(e.record, dict)])
             return
         if scope == HOSTS:
+            before = dict(self.hosts)
             for event in events:
                 if isinstance(event.record, Host):
                     self.hosts[event.key_id] = event.record
                 else:
                     self.hosts.pop(event.key_id, None)
-            self.guard_vteps()
-            self.follow_tunnel()  # a member's key or address changed, or it was forgotten
+            if self.hosts != before:  # not a heartbeat's refresh of the same record
+                self.guard_vteps()
+                self.follow_tunnel()  # a member's key or address changed, or it was forgotten
             return
         announce: dict[str, Endpoint] = {}  # remote endpoints that appeared or changed IP or MAC
         programmed = False  # whether an event touches what sync programs (remote peers, an exposure)

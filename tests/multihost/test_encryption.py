@@ -248,8 +248,8 @@ def test_traffic_survives_an_agent_restart_and_a_key_rotation_and_a_forgotten_ho
     rotation = lost(stream)
     assert peers(h2) != key_of["h2"] and peers(h1) == key_of["h1"]  # h1's key changed, h2's did not
 
-    # With etcd away no store event comes (each heartbeat's host record would have made the tunnel anew):
-    # only the event loop's look at the tunnel brings back a wireguard-go that died.
+    # With etcd away no store event comes (and a heartbeat that changes no record makes none follow the
+    # tunnel): only the event loop's look at the tunnel brings back a wireguard-go that died.
     lab3.stop_etcd()
     stream = ping_stream(h1, "s1", target, 15)
     time.sleep(2)

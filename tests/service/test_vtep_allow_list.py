@@ -34,3 +34,25 @@ def test_a_filter_left_by_an_earlier_run_is_removed_on_resync(host_a: Host):
     host_a.settle()
     host_a.loop.handle("resync", None, None)
     assert host_a.dp.vteps.allowed() is None
+
+
+def test_a_heartbeat_that_changes_nothing_touches_neither_the_allow_list_nor_the_tunnel(host_a: Host):
+    """Each heartbeat rewrites the host's record; only a record that changed makes the loop look again."""
+    host_a.create_network("10.30.0.0/24")
+    host_a.loop.relist()
+    host_a.settle()
+    looks: list[str] = []
+    host_a.loop.guard_vteps = lambda force=False: looks.append("vteps")
+    host_a.loop.follow_tunnel = lambda force=False: looks.append("tunnel")
+    record = HostRecord("host-c", "192.0.2.3", public_key="key-c=", tunnel_port=51820)
+    host_a.store.register_host(record, ttl=60)
+    host_a.settle()
+    assert looks == ["vteps", "tunnel"]
+    for _ in range(3):  # heartbeats
+        host_a.store.register_host(record, ttl=60)
+    assert host_a.settle() and looks == ["vteps", "tunnel"]
+    assert host_a.loop.applied_revision == host_a.store.revision()  # the loop still keeps up
+    rotated = HostRecord("host-c", "192.0.2.3", public_key="new=", tunnel_port=51820)
+    host_a.store.register_host(rotated, ttl=60)
+    host_a.settle()
+    assert looks == ["vteps", "tunnel"] * 2  # a rotated key is followed
